@@ -1,0 +1,111 @@
+"""Where a worker loop runs: a Ray Train worker, a single-worker Tune trial (the fast path), or a
+plain process (tests, debugging). The loop only sees this small interface, so all three run
+exactly the same code."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class WorkerContext:
+    """Rank/world size, checkpoint restore and a `report` that every rank calls equally often."""
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.reports: list[dict[str, Any]] = []
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        """Report metrics (all ranks), with a checkpoint of `state` written by rank 0."""
+        self.reports.append(metrics)
+        if state is not None and self.is_main:
+            with _state_dir(state) as path:
+                self._report(metrics, path)
+        else:
+            self._report(metrics, None)
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The last reported checkpoint's state dict, or None on a fresh start."""
+        raise NotImplementedError
+
+    def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        raise NotImplementedError
+
+
+@contextmanager
+def _state_dir(state: dict[str, Any]) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ncstudy-ckpt-"))
+    try:
+        torch.save(state, path / CHECKPOINT_FILE)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _load(checkpoint: Any) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+class RayTrainContext(WorkerContext):
+    """Inside a Ray Train worker (TorchTrainer)."""
+
+    def load_state(self) -> dict[str, Any] | None:
+        import ray.train
+
+        return _load(ray.train.get_checkpoint())
+
+    def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+class TuneContext(WorkerContext):
+    """Inside a Ray Tune function trial: the single-worker fast path, no Train start-up."""
+
+    def load_state(self) -> dict[str, Any] | None:
+        import ray.tune
+
+        return _load(ray.tune.get_checkpoint())
+
+    def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.tune
+
+        ckpt = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=ckpt)
+
+
+class LocalContext(WorkerContext):
+    """A plain process (or a gloo process group): checkpoints go to `checkpoint_dir`."""
+
+    def __init__(self, checkpoint_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+
+    def load_state(self) -> dict[str, Any] | None:
+        if self.checkpoint_dir is None or not (self.checkpoint_dir / CHECKPOINT_FILE).exists():
+            return None
+        return torch.load(self.checkpoint_dir / CHECKPOINT_FILE, weights_only=False)
+
+    def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None and self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(checkpoint_dir / CHECKPOINT_FILE, self.checkpoint_dir / CHECKPOINT_FILE)

@@ -1,0 +1,300 @@
+"""The study driver: Ray Tune over the resolved trials, the MLflow parent run, resume, summary.
+
+MLflow is the record of truth for what has run: a trial's child run is found by its trial key,
+so a retried or resumed trial continues its own run and no run is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ncstudy import tracking
+from ncstudy.spec import StudySpec, TrialSpec, expand
+from ncstudy.trial import run_trial, uses_train
+
+MARKER = "study.yaml"
+TRAIN_DRIVER_CPU = 0.05  # the Tune process of a multi-worker trial only waits on its workers
+
+
+class StudyError(RuntimeError):
+    """A study that cannot start (already exists, nothing to resume, bad output folder)."""
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    key: str
+    status: str
+    final_val_acc1: float | None
+    best_val_acc1: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    output_dir: Path
+    study_dir: Path
+    tracking_uri: str
+    storage: str
+
+    @classmethod
+    def of(cls, study: StudySpec, storage_path: str | None = None) -> StudyPaths:
+        output_dir = Path(study.output_dir).expanduser().resolve()
+        storage = storage_path or os.environ.get("NCSTUDY_STORAGE_PATH")
+        return cls(
+            output_dir=output_dir,
+            study_dir=study.study_dir,
+            tracking_uri=tracking.default_tracking_uri(output_dir),
+            storage=(storage.rstrip("/") + "/" + study.name) if storage else str(study.study_dir),
+        )
+
+
+def check_can_start(study: StudySpec, resume: bool) -> None:
+    """Refuse an existing study without --resume, and --resume of a study that never started.
+    Touches nothing on disk."""
+    marker = study.study_dir / MARKER
+    if marker.exists() and not resume:
+        raise StudyError(
+            f"study '{study.name}' already exists in {study.study_dir}; pass --resume to finish "
+            "its unfinished trials, or choose another name/output folder"
+        )
+    if resume and not marker.exists():
+        raise StudyError(
+            f"--resume: study '{study.name}' has no previous run in {study.study_dir}; "
+            "run it without --resume"
+        )
+    check_writable(study.study_dir)
+
+
+def check_writable(path: Path) -> None:
+    """The nearest existing ancestor of `path` must be a writable directory."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise StudyError(
+            f"output_dir: cannot create {path} ({probe} is not a writable folder); "
+            "set output_dir (or --output) to a folder you can write"
+        )
+
+
+def run_study(
+    study: StudySpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    storage_path: str | None = None,
+    ray_init_kwargs: dict[str, Any] | None = None,
+) -> list[TrialRow]:
+    """Run (or resume) every trial of the study; returns the summary rows."""
+    import ray
+
+    trials = expand(study)
+    check_can_start(study, resume)
+    paths = StudyPaths.of(study, storage_path)
+    if not ray.is_initialized():
+        ray.init(address=address, **(ray_init_kwargs or _local_ray_kwargs(address)))
+    from ncstudy.cluster import check_storage_path
+
+    try:
+        check_storage_path(paths.storage, node_count=sum(n["Alive"] for n in ray.nodes()))
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    paths.study_dir.mkdir(parents=True, exist_ok=True)
+    study_yaml = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
+    (paths.study_dir / MARKER).write_text(study_yaml)
+
+    mlf = tracking.client(paths.tracking_uri)
+    local_store = paths.tracking_uri.startswith("sqlite:")
+    artifacts = paths.output_dir / "mlartifacts" if local_store else None
+    experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts)
+    parent_id = tracking.ensure_parent_run(mlf, experiment_id, study.name, study_yaml)
+    env = {
+        "tracking_uri": paths.tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_id,
+        "train_storage": paths.storage + "/train",
+    }
+
+    done = {row.key for row in summarize(mlf, experiment_id, trials) if row.status == "FINISHED"}
+    todo = [t for t in trials if t.key not in done]
+    interrupted = False
+    try:
+        if todo:
+            tuner = _tuner(study, todo, env, paths, resume)
+            tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        _close_open_runs(mlf, experiment_id, trials, interrupted)
+        rows = summarize(mlf, experiment_id, trials)
+        status = "KILLED" if interrupted else "FINISHED"
+        tracking.finish_run(mlf, parent_id, status)
+    if interrupted:
+        raise KeyboardInterrupt
+    return rows
+
+
+def _local_ray_kwargs(address: str | None) -> dict[str, Any]:
+    if address:
+        return {}
+    return {
+        "num_cpus": os.cpu_count() or 1,
+        "dashboard_host": "127.0.0.1",  # never listen beyond this machine by default
+        "logging_level": "warning",
+        "configure_logging": True,
+    }
+
+
+def _trial_resources(trial: TrialSpec) -> dict[str, float]:
+    r = trial.resources
+    if uses_train(trial):
+        return {"cpu": TRAIN_DRIVER_CPU}
+    res = {"cpu": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        res["gpu"] = r.gpus_per_worker
+    return res
+
+
+def _concurrency(study: StudySpec, trial: TrialSpec) -> int:
+    """How many trials fit the Ray cluster at once (capped by the YAML's limit)."""
+    import ray
+
+    from ncstudy.cluster import max_concurrent_trials
+
+    r = trial.resources
+    per_trial = {
+        "workers_per_trial": r.workers_per_trial,
+        "cpus_per_worker": r.cpus_per_worker,
+        "gpus_per_worker": r.gpus_per_worker,
+        # the fast path's Tune process is the worker; a Train trial's Tune process only waits
+        "driver_cpus": TRAIN_DRIVER_CPU if uses_train(trial) else 0.0,
+    }
+    return max_concurrent_trials(
+        ray.cluster_resources(), per_trial, study.resources.max_concurrent_trials
+    )
+
+
+def _progress_callback() -> Any:
+    """A Tune callback that prints one line per evaluation and per ended trial."""
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            if "val/acc1" in result:
+                key = trial.config["trial"]["key"]
+                print(
+                    f"  {key}: epoch {result.get('epoch')}  loss {result['train/loss']:.4f}  "
+                    f"val acc1 {100 * result['val/acc1']:.2f} %",
+                    flush=True,
+                )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            print(f"  {trial.config['trial']['key']}: done", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            print(f"  {trial.config['trial']['key']}: error (see the summary)", flush=True)
+
+    return Progress()
+
+
+def _tuner(
+    study: StudySpec, todo: list[TrialSpec], env: dict[str, Any], paths: StudyPaths, resume: bool
+) -> Any:
+    from ray import tune
+
+    trainable = tune.with_resources(run_trial, _trial_resources(todo[0]))
+    tune_path = paths.storage + "/tune"
+    if resume and tune.Tuner.can_restore(tune_path):
+        return tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    param_space = {
+        "trial": tune.grid_search([t.model_dump(mode="json") for t in todo]),
+        "env": env,
+    }
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=_concurrency(study, todo[0]),
+            trial_name_creator=lambda t: t.config["trial"]["key"],
+            trial_dirname_creator=lambda t: t.config["trial"]["key"],
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=paths.storage,
+            failure_config=tune.FailureConfig(max_failures=study.resources.trial_max_failures),
+            callbacks=[_progress_callback()],
+            verbose=0,
+        ),
+    )
+
+
+def _close_open_runs(mlf: Any, experiment_id: str, trials: list[TrialSpec], killed: bool) -> None:
+    """No child run stays RUNNING: a run whose process died without ending it is marked
+    KILLED (study interrupted) or FAILED (its process died)."""
+    keys = {t.key for t in trials}
+    for run in mlf.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        if run.data.tags.get(tracking.TRIAL_KEY_TAG) in keys:
+            if killed:
+                tracking.finish_run(mlf, run.info.run_id, "KILLED", "study interrupted")
+            else:
+                tracking.finish_run(mlf, run.info.run_id, "FAILED", "trial process ended early")
+
+
+def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec]) -> list[TrialRow]:
+    """One row per trial of the study (in grid order), read back from MLflow."""
+    by_key = {}
+    for run in mlf.search_runs([experiment_id], max_results=50000):
+        key = run.data.tags.get(tracking.TRIAL_KEY_TAG)
+        if key:
+            by_key[key] = run
+    rows = []
+    for t in trials:
+        run = by_key.get(t.key)
+        if run is None:
+            rows.append(TrialRow(t.key, "NOT STARTED", None, None, None))
+            continue
+        m = run.data.metrics
+        rows.append(
+            TrialRow(
+                t.key,
+                run.info.status,
+                m.get("final/val_acc1"),
+                m.get("best/val_acc1"),
+                run.data.tags.get(tracking.REASON_TAG),
+            )
+        )
+    return rows
+
+
+def format_summary(rows: list[TrialRow]) -> str:
+    """The end-of-study table: key, status, final and best validation accuracy."""
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
+
+    header = ("trial", "status", "final val acc1 %", "best val acc1 %")
+    body = [(r.key, r.status, pct(r.final_val_acc1), pct(r.best_val_acc1)) for r in rows]
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in rows:
+        if r.reason and r.status != "FINISHED":
+            lines.append(f"{r.key}: {r.status}: {r.reason.splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def mlflow_ui_command(paths: StudyPaths) -> str:
+    """The exact command that opens the MLflow UI on this study's store (localhost only)."""
+    if paths.tracking_uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1 --port 5000"
+    return f"open {paths.tracking_uri} (MLflow server)"

@@ -1,0 +1,152 @@
+"""MLflow bookkeeping: one experiment and one parent run per study, one child run per trial,
+found again by its trial key (so retries and `--resume` never duplicate a run)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRIAL_KEY_TAG = "ncstudy.trial_key"
+ROLE_TAG = "ncstudy.role"
+REASON_TAG = "ncstudy.failure_reason"
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI if set (a server on a cluster), else a SQLite store in output_dir."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output_dir.resolve()}/mlflow.db"
+
+
+def client(tracking_uri: str) -> Any:
+    """An MlflowClient for an absolute tracking URI (trial processes have other cwds)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(mlf: Any, name: str, artifact_root: Path | None) -> str:
+    """The id of the experiment named `name`, created with artifacts under `artifact_root`."""
+    exp = mlf.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+    return mlf.create_experiment(name, artifact_location=location)
+
+
+def find_runs(mlf: Any, experiment_id: str, tag: str, value: str) -> list[Any]:
+    """All runs of the experiment whose tag `tag` equals `value`."""
+    return mlf.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
+
+
+def ensure_parent_run(mlf: Any, experiment_id: str, study_name: str, config_yaml: str) -> str:
+    """The study's parent run (created once, with the study YAML as an artifact)."""
+    runs = find_runs(mlf, experiment_id, ROLE_TAG, "study")
+    if runs:
+        run_id = runs[0].info.run_id
+        mlf.update_run(run_id, status="RUNNING")
+        return run_id
+    run = mlf.create_run(
+        experiment_id,
+        run_name=study_name,
+        tags={ROLE_TAG: "study", "study": study_name, "git_commit": git_commit()},
+    )
+    mlf.log_text(run.info.run_id, config_yaml, "study.yaml")
+    return run.info.run_id
+
+
+def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -> str:
+    """The trial's child run: the existing one with this trial key, or a new one with tags,
+    params and the resolved config. Marked RUNNING either way."""
+    runs = find_runs(mlf, experiment_id, TRIAL_KEY_TAG, trial.key)
+    if runs:
+        run_id = runs[0].info.run_id
+        mlf.update_run(run_id, status="RUNNING")
+        mlf.delete_tag(run_id, REASON_TAG) if REASON_TAG in runs[0].data.tags else None
+        return run_id
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        ROLE_TAG: "trial",
+        TRIAL_KEY_TAG: trial.key,
+        "study": trial.study,
+        "loss": trial.loss,
+        "dataset": trial.dataset.name,
+        "model": trial.model.name,
+        "temperature": "none" if trial.temperature is None else str(trial.temperature),
+        "batch_size": str(trial.batch_size),
+        "seed": str(trial.seed),
+        "config_hash": trial.config_hash(),
+        "git_commit": git_commit(),
+    }
+    run = mlf.create_run(experiment_id, run_name=trial.key, tags=tags)
+    run_id = run.info.run_id
+    log_params(mlf, run_id, flatten(trial.model_dump(mode="json", exclude={"key", "study"})))
+    mlf.log_text(
+        run_id, yaml.safe_dump(trial.model_dump(mode="json"), sort_keys=False), "trial.yaml"
+    )
+    return run_id
+
+
+def log_params(mlf: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches of 100 (MLflow's limit per call)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        mlf.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(mlf: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Log finite numeric metrics at `step` in one batch (non-finite values are skipped, since
+    MLflow stores NaN poorly; the trial's status says why a run stopped)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    ]
+    for i in range(0, len(items), 1000):
+        mlf.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def finish_run(mlf: Any, run_id: str, status: str, reason: str | None = None) -> None:
+    """End a run as FINISHED, FAILED or KILLED, with the reason as a tag."""
+    if reason:
+        mlf.set_tag(run_id, REASON_TAG, reason[:4000])
+    mlf.set_terminated(run_id, status=status)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the ncstudy checkout, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
