@@ -1,0 +1,158 @@
+"""Cluster mode: where to connect, whether results can be shared, how many trials fit.
+
+Pure functions (no Ray calls) so that the runner can feed them ``ray.cluster_resources()``,
+``len(ray.nodes())`` and the study YAML, and tests can feed them plain dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+# URI schemes of object stores that every node reaches through the same address.
+SHARED_SCHEMES = frozenset({"s3", "gs", "gcs", "abfs", "abfss"})
+# Environment variable that declares a local path to be on a shared filesystem (e.g. NFS).
+SHARED_FS_ENV = "NCSTUDY_SHARED_FS"
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+# Ray's own convention: RAY_ADDRESS is read by ray.init() when no address is passed.
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+# Headroom for float resources (Ray stores fractional resources with 1e-4 granularity).
+_EPS = 1e-6
+
+
+def resolve_address(cli_address: str | None) -> str | None:
+    """Return the Ray address to connect to: ``--address`` first, then ``RAY_ADDRESS``, else None.
+
+    None means "start a local Ray instance"; blank values count as unset.
+    """
+    for candidate in (cli_address, os.environ.get(RAY_ADDRESS_ENV)):
+        if candidate is not None and candidate.strip():
+            return candidate.strip()
+    return None
+
+
+def _scheme(storage_path: str) -> str | None:
+    """Return the lower-case URI scheme of ``storage_path``, or None for a plain path."""
+    head, sep, _ = storage_path.partition("://")
+    return head.lower() if sep else None
+
+
+def _shared_fs_from_env() -> bool:
+    """True when ``NCSTUDY_SHARED_FS`` declares local paths to be on a shared filesystem."""
+    return os.environ.get(SHARED_FS_ENV, "").strip().lower() in _TRUE_WORDS
+
+
+def check_storage_path(storage_path: str, node_count: int, shared_fs: bool | None = None) -> None:
+    """Refuse a node-local ``storage_path`` on a multi-node cluster; one node takes local paths.
+
+    Accepted on several nodes: ``s3://``, ``gs://``, ``gcs://``, ``abfs(s)://`` URIs, and absolute
+    local paths declared shared with ``shared_fs=True`` or ``NCSTUDY_SHARED_FS=1`` (an NFS mount
+    at the same place on every node). ``shared_fs=None`` reads the environment variable.
+    """
+    if not storage_path or not storage_path.strip():
+        raise ValueError(
+            "storage_path is empty; pass --storage-path / NCSTUDY_STORAGE_PATH "
+            "(a local folder on one machine, s3://bucket/prefix or gs://bucket/prefix on a cluster)"
+        )
+    if node_count < 1:
+        raise ValueError(f"node_count must be >= 1 (got {node_count}); count the alive Ray nodes")
+    scheme = _scheme(storage_path)
+    if scheme is not None and scheme != "file":
+        if scheme in SHARED_SCHEMES:
+            return
+        raise ValueError(
+            f"storage_path '{storage_path}' uses the unsupported scheme '{scheme}://'; "
+            f"use one of {', '.join(f'{s}://' for s in sorted(SHARED_SCHEMES))} or a local path"
+        )
+    if node_count == 1:
+        return
+    if shared_fs is None:
+        shared_fs = _shared_fs_from_env()
+    local_path = storage_path[len("file://") :] if scheme == "file" else storage_path
+    if shared_fs:
+        if not os.path.isabs(local_path):
+            raise ValueError(
+                f"storage_path '{storage_path}' is declared shared ({SHARED_FS_ENV}) but is "
+                "relative; each node resolves it against its own working directory: give the "
+                "absolute mount point of the shared filesystem"
+            )
+        return
+    raise ValueError(
+        f"storage_path '{storage_path}' is a local path but the Ray cluster has {node_count} "
+        "nodes; use a shared location: s3://bucket/prefix, gs://bucket/prefix, or a path on a "
+        "shared filesystem mounted at the same place on every node (NFS) and pass "
+        f"--storage-path / NCSTUDY_STORAGE_PATH (for NFS also set {SHARED_FS_ENV}=1)"
+    )
+
+
+def _number(per_trial: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
+    """Read a numeric field of ``per_trial`` and check its lower bound, naming the field."""
+    value = per_trial.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ValueError(f"resources.{key} must be a number >= {minimum} (got {value!r})")
+    return float(value)
+
+
+def trial_demand(per_trial: Mapping[str, Any]) -> dict[str, float]:
+    """Total resources one trial holds: its driver's CPUs plus workers x per-worker CPUs/GPUs.
+
+    Keys of ``per_trial``: ``workers_per_trial`` (int >= 1), ``cpus_per_worker`` (default 1),
+    ``gpus_per_worker`` (default 0), ``driver_cpus`` (the Tune trial's own share, default 1).
+    """
+    known = {"workers_per_trial", "cpus_per_worker", "gpus_per_worker", "driver_cpus"}
+    unknown = sorted(set(per_trial) - known)
+    if unknown:
+        raise ValueError(f"unknown resources field(s) {unknown}; expected some of {sorted(known)}")
+    workers = per_trial.get("workers_per_trial", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"resources.workers_per_trial must be an integer >= 1 (got {workers!r})")
+    cpus = _number(per_trial, "cpus_per_worker", 1.0, 0.0)
+    gpus = _number(per_trial, "gpus_per_worker", 0.0, 0.0)
+    driver = _number(per_trial, "driver_cpus", 1.0, 0.0)
+    return {"CPU": driver + workers * cpus, "GPU": workers * gpus}
+
+
+def max_concurrent_trials(
+    cluster_resources: Mapping[str, float],
+    per_trial: Mapping[str, Any],
+    requested: int | None,
+    *,
+    autoscaling: bool = False,
+) -> int:
+    """Number of trials that may run at once: what fits the cluster, capped by ``requested``.
+
+    ``cluster_resources`` is ``ray.cluster_resources()`` (totals, not what is free now).
+    With ``autoscaling=True`` the current size is only a lower bound (GPU groups scale from
+    zero), so the YAML's ``max_concurrent_trials`` is used as given and must be set.
+    """
+    if requested is not None and (
+        isinstance(requested, bool) or not isinstance(requested, int) or requested < 1
+    ):
+        raise ValueError(f"max_concurrent_trials must be an integer >= 1 (got {requested!r})")
+    demand = {name: amount for name, amount in trial_demand(per_trial).items() if amount > 0}
+    if autoscaling:
+        if requested is None:
+            raise ValueError(
+                "an autoscaling cluster's size is not known at start: set "
+                "max_concurrent_trials in the study YAML"
+            )
+        return requested
+    if not demand:
+        raise ValueError(
+            "a trial demands no resources at all; set resources.driver_cpus or "
+            "resources.cpus_per_worker above 0"
+        )
+    fits = min(
+        math.floor(float(cluster_resources.get(name, 0.0)) / amount + _EPS)
+        for name, amount in demand.items()
+    )
+    if fits < 1:
+        have = {name: float(cluster_resources.get(name, 0.0)) for name in demand}
+        raise ValueError(
+            f"one trial needs {demand} but the cluster has {have}; lower "
+            "resources.workers_per_trial / cpus_per_worker / gpus_per_worker, add nodes, or on "
+            "an autoscaling cluster run with autoscaling and set max_concurrent_trials"
+        )
+    return fits if requested is None else min(fits, requested)
