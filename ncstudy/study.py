@@ -126,8 +126,12 @@ def run_study(
     interrupted = False
     try:
         if todo:
-            tuner = _tuner(study, todo, env, paths, resume)
-            tuner.fit()
+            _tuner(study, todo, env, paths, resume).fit()
+        # Tune's SIGINT handler stops the experiment and returns normally: a trial without an
+        # ended run after fit() means the study was interrupted, not finished.
+        interrupted = any(
+            r.status in ("RUNNING", "NOT STARTED") for r in summarize(mlf, experiment_id, trials)
+        )
     except KeyboardInterrupt:
         interrupted = True
     finally:

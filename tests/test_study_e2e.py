@@ -1,0 +1,135 @@
+"""End to end through the real command: Ray Tune + Train, MLflow runs checked through the MLflow
+client, a failing (NaN) trial, and interrupt + --resume without duplicated or missing runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "dataset": {"name": "digits", "image_size": 8},
+    "model": {"name": "small_cnn", "width": 4, "feature_dim": 16},
+    "grid": {"temperature": [0.1], "batch_size": [64]},
+}
+
+
+def write_study(tmp_path: Path, **fields: object) -> Path:
+    study = {**TINY, "output_dir": str(tmp_path / "runs"), **fields}
+    path = tmp_path / f"{study['name']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def cli(*args: str, **kw: object) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ncstudy.run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kw,
+    )
+
+
+def runs_of(tmp_path: Path, study: str) -> tuple[object, list, list]:
+    mlf = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = mlf.get_experiment_by_name(study)
+    runs = mlf.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ncstudy.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("ncstudy.role") == "trial"]
+    return mlf, parents, children
+
+
+def test_two_worker_trials_are_logged_as_nested_mlflow_runs(tmp_path: Path) -> None:
+    path = write_study(
+        tmp_path,
+        name="e2e",
+        train={"epochs": 2, "lr": 0.1},
+        losses=[{"name": "ce"}, {"name": "normface"}],
+        resources={"workers_per_trial": 2, "cpus_per_worker": 0.5},
+        evaluation={"every": 1},
+    )
+    proc = cli(str(path))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "ce-b64-s0" in out and "FINISHED" in out and "mlflow ui --backend-store-uri" in out
+
+    mlf, parents, children = runs_of(tmp_path, "e2e")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["ce-b64-s0", "normface-t0.1-b64-s0"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["batch_size"] == "64" and tags["seed"] == "0" and tags["dataset"] == "digits"
+        assert len(tags["config_hash"]) == 12 and "git_commit" in tags
+        assert params["resources.workers_per_trial"] == "2" and params["loss"] == tags["loss"]
+        history = mlf.get_metric_history(run.info.run_id, "val/acc1")
+        assert sorted(m.step for m in history) == [1, 2]
+        assert {"train/loss", "nc/nc1", "nc/erank_inter", "final/val_acc1"} <= set(
+            run.data.metrics
+        )
+        assert [a.path for a in mlf.list_artifacts(run.info.run_id)] == ["trial.yaml"]
+    normface = next(r for r in children if r.info.run_name.startswith("normface"))
+    assert normface.data.tags["temperature"] == "0.1"
+
+
+def test_interrupt_then_resume_finishes_every_trial_once(tmp_path: Path) -> None:
+    path = write_study(
+        tmp_path,
+        name="resume",
+        train={"epochs": 40, "lr": 0.1},
+        losses=[{"name": "ce"}],
+        grid={"batch_size": [64], "axes": {"train.lr": [1.0e9, 0.1, 0.2]}},
+        resources={"max_concurrent_trials": 1, "trial_max_failures": 0},
+        evaluation={"every": 5, "nc_metrics": False},
+    )
+    keys = ["ce-b64-lr1e+09-s0", "ce-b64-lr0.1-s0", "ce-b64-lr0.2-s0"]
+    proc = cli(str(path))
+    db = tmp_path / "runs" / "mlflow.db"
+    deadline = time.time() + 300
+    # interrupt once the NaN trial has failed and the second trial has logged a few epochs
+    while time.time() < deadline:
+        time.sleep(2)
+        if db.exists() and proc.poll() is None:
+            mlf, _, children = runs_of(tmp_path, "resume")
+            second = [r for r in children if r.info.run_name == keys[1]]
+            if second and second[0].data.metrics.get("epoch", 0) >= 10:
+                break
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+
+    mlf, _, children = runs_of(tmp_path, "resume")
+    status = {r.info.run_name: r.info.status for r in children}
+    assert "RUNNING" not in status.values()
+    assert status[keys[0]] == "FAILED" and status[keys[1]] == "KILLED"
+    failed = next(r for r in children if r.info.run_name == keys[0])
+    assert "training loss is" in failed.data.tags["ncstudy.failure_reason"]
+
+    proc = cli(str(path), "--resume")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out  # one trial failed (NaN), the others finished
+
+    mlf, parents, children = runs_of(tmp_path, "resume")
+    assert len(parents) == 1
+    assert sorted(r.info.run_name for r in children) == sorted(keys)  # no duplicates
+    status = {r.info.run_name: r.info.status for r in children}
+    assert status == {keys[0]: "FAILED", keys[1]: "FINISHED", keys[2]: "FINISHED"}
+    for key in keys[1:]:
+        run = next(r for r in children if r.info.run_name == key)
+        steps = {m.step for m in mlf.get_metric_history(run.info.run_id, "val/acc1")}
+        assert steps == {5, 10, 15, 20, 25, 30, 35, 40}, key  # nothing missing after resume
+        assert run.data.metrics["epoch"] == 40
