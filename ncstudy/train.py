@@ -83,7 +83,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
     """Train one trial on this worker. `run` holds the MLflow tracking URI and run id (rank 0
     logs there); without it nothing is logged (tests)."""
     from ncstudy.data import build_data
-    from ncstudy.evaluate.passes import all_reduce_sum, shard_loader
+    from ncstudy.evaluate.passes import accuracy, all_reduce_sum, shard_loader
     from ncstudy.losses import build_loss
     from ncstudy.models import build_model
 
@@ -159,6 +159,9 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
 
         mlf = tracking.client(run["tracking_uri"])
 
+    # Prototype classifiers (SCL fp) only exist after a pass over the training set: no running
+    # training accuracy for them; their accuracy comes from the evaluations.
+    track_train_acc = not criterion.needs_class_means
     for epoch in range(start_epoch, t.epochs + 1):
         seed_everything(hash((trial.seed, epoch, ctx.rank)) % 2**31)
         sampler.set_epoch(epoch)
@@ -177,24 +180,19 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            with torch.no_grad():
-                pred = core.criterion.scores(h.detach().float()).argmax(1)
-            sums += torch.tensor(
-                [
-                    float(out.loss.detach()) * len(y),
-                    len(y),
-                    float((pred == y).sum()),
-                    out.skipped_anchors,
-                ],
-                dtype=torch.float64,
-            )
+            correct = 0.0
+            if track_train_acc:
+                with torch.no_grad():
+                    correct = float((core.criterion.scores(h.detach()).argmax(1) == y).sum())
+            batch_stats = [float(out.loss.detach()) * len(y), len(y), correct, out.skipped_anchors]
+            sums += torch.tensor(batch_stats, dtype=torch.float64)
         loss_sum, n, correct, skipped = all_reduce_sum(sums.tolist(), device)
         epoch_seconds = time.perf_counter() - started
         train_loss = loss_sum / n
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train/loss": train_loss,
-            "train/acc1": correct / n,
+            **({"train/acc1": correct / n} if track_train_acc else {}),
             "loss/skipped_anchors": skipped,
             "train/lr": scheduler.get_last_lr()[0],
             "perf/epoch_seconds": epoch_seconds,
@@ -209,13 +207,21 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             ctx.report(_tune_view(metrics))
             return
         checkpoint = None
-        if epoch % ev.every == 0 or epoch == t.epochs:
-            metrics.update(_evaluate(core, trial, data.num_classes, train_eval, val, test, device))
+        evaluated = epoch % ev.every == 0 or epoch == t.epochs
+        if evaluated:
+            loaders = {"train": train_eval, "val": val, "test": test}
+            metrics.update(_evaluate(core, trial, data.num_classes, loaders, device, epoch))
             for name in CLOCK_METRICS:
                 if f"nc/{name}" in metrics:
                     history.setdefault(name, []).append((epoch, metrics[f"nc/{name}"]))
+        elif not criterion.needs_class_means:
+            # validation accuracy every epoch (cheap: forward only on the small split) so that
+            # schedulers and pruners see it; prototype classifiers only exist after an evaluation
+            metrics["val/acc1"] = accuracy(core.encoder, criterion, val, device)
+        if "val/acc1" in metrics:
             best_val = max(best_val, metrics["val/acc1"])
             metrics["best/val_acc1"] = best_val
+        if evaluated:
             checkpoint = {
                 "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -237,25 +243,28 @@ def _evaluate(
     core: Network,
     trial: TrialSpec,
     num_classes: int,
-    train_eval: DataLoader,
-    val: DataLoader,
-    test: DataLoader,
+    loaders: dict[str, DataLoader],
     device: torch.device,
+    epoch: int,
 ) -> dict[str, float]:
-    from ncstudy.evaluate.passes import accuracy, nc_pass
+    from ncstudy.evaluate.passes import accuracy, nc_pass, probe_accuracies
 
     ev, enc, crit = trial.evaluation, core.encoder, core.criterion
     out: dict[str, float] = {}
     if ev.nc_metrics or crit.needs_class_means:  # the pass also sets SCL prototypes
         nc = nc_pass(
-            enc, crit, train_eval, num_classes, device, ev.max_intra_classes, ev.nc_metrics
+            enc, crit, loaders["train"], num_classes, device, ev.max_intra_classes, ev.nc_metrics
         )
         out.update({f"nc/{k}": v for k, v in nc.items()})
-    out["val/acc1"] = accuracy(enc, crit, val, device)
-    out["test/acc1"] = accuracy(enc, crit, test, device)
+    out["val/acc1"] = accuracy(enc, crit, loaders["val"], device)
+    out["test/acc1"] = accuracy(enc, crit, loaders["test"], device)
     if ev.nc_on_test and ev.nc_metrics:
-        nc = nc_pass(enc, crit, test, num_classes, device, ev.max_intra_classes)
+        nc = nc_pass(enc, crit, loaders["test"], num_classes, device, ev.max_intra_classes)
         out.update({f"test/nc/{k}": v for k, v in nc.items()})
+    if crit.needs_class_means and epoch == trial.train.epochs and ev.probes.enabled:
+        # SCL: fixed prototypes (fp) are the loss's own rule; lp and nlp are trained probes
+        out["val/fp_acc1"], out["test/fp_acc1"] = out["val/acc1"], out["test/acc1"]
+        out.update(probe_accuracies(enc, loaders, num_classes, device, ev.probes, trial.seed))
     return out
 
 
@@ -265,7 +274,11 @@ def _summary(
     """Final and best values, and the convergence clock of each tracked NC metric."""
     from ncstudy.metrics import metric_target, steps_to_95
 
-    out = {"final/val_acc1": metrics["val/acc1"], "final/test_acc1": metrics["test/acc1"]}
+    out = {
+        f"final/{k.replace('/', '_')}": v
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/")) and "acc1" in k and "/nc/" not in k
+    }
     for name, series in history.items():
         steps, values = zip(*series, strict=True)
         reached = steps_to_95(list(steps), list(values), metric_target(name, num_classes))

@@ -77,9 +77,7 @@ def test_two_worker_trials_are_logged_as_nested_mlflow_runs(tmp_path: Path) -> N
         assert params["resources.workers_per_trial"] == "2" and params["loss"] == tags["loss"]
         history = mlf.get_metric_history(run.info.run_id, "val/acc1")
         assert sorted(m.step for m in history) == [1, 2]
-        assert {"train/loss", "nc/nc1", "nc/erank_inter", "final/val_acc1"} <= set(
-            run.data.metrics
-        )
+        assert {"train/loss", "nc/nc1", "nc/erank_inter", "final/val_acc1"} <= set(run.data.metrics)
         assert [a.path for a in mlf.list_artifacts(run.info.run_id)] == ["trial.yaml"]
     normface = next(r for r in children if r.info.run_name.startswith("normface"))
     assert normface.data.tags["temperature"] == "0.1"
@@ -131,5 +129,5 @@ def test_interrupt_then_resume_finishes_every_trial_once(tmp_path: Path) -> None
     for key in keys[1:]:
         run = next(r for r in children if r.info.run_name == key)
         steps = {m.step for m in mlf.get_metric_history(run.info.run_id, "val/acc1")}
-        assert steps == {5, 10, 15, 20, 25, 30, 35, 40}, key  # nothing missing after resume
+        assert steps == set(range(1, 41)), key  # nothing missing after resume
         assert run.data.metrics["epoch"] == 40

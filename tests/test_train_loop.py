@@ -40,7 +40,8 @@ def test_loop_learns_and_reports_every_epoch() -> None:
     last = ctx.reports[-1]
     assert last["status"] == "finished"
     assert last["final/val_acc1"] > 0.5  # 10 classes: chance is 0.1
-    assert "val/acc1" in ctx.reports[1] and "val/acc1" not in ctx.reports[0]  # every 2 epochs
+    assert all("val/acc1" in r for r in ctx.reports)  # validation accuracy: every epoch
+    assert "test/acc1" in ctx.reports[1] and "test/acc1" not in ctx.reports[0]  # every 2
 
 
 class Interrupt(Exception):
@@ -76,6 +77,17 @@ def test_resume_from_checkpoint_is_exact(tmp_path: Path, loss: str) -> None:
         assert resumed.reports[-1][key] == straight.reports[-1][key], key
 
 
+def test_scl_trial_reports_fixed_prototypes_and_both_probes() -> None:
+    trial = tiny_trial("supcon", epochs=2)
+    ctx = LocalContext()
+    train_loop(trial, ctx)
+    last = ctx.reports[-1]
+    assert "val/acc1" not in ctx.reports[0]  # no prototypes before the first evaluation
+    assert last["val/fp_acc1"] == last["val/acc1"]  # fp is the loss's own prediction rule
+    for name in ("fp", "lp", "nlp"):
+        assert 0.1 < last[f"final/test_{name}_acc1"] <= 1.0
+
+
 def test_nan_loss_fails_the_trial_with_a_reason() -> None:
     trial = tiny_trial(lr=1e9, warmup_epochs=0)
     ctx = LocalContext()
@@ -108,9 +120,7 @@ def _worker(rank: int, port: int, trial_json: dict, out: Path) -> None:
     from ncstudy.spec import TrialSpec
 
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         ctx = LocalContext()
         train_loop(TrialSpec.model_validate(trial_json), ctx)

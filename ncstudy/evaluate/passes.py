@@ -84,3 +84,56 @@ def nc_pass(
         return {}
     weights = criterion.classifier_weights()
     return compute_nc_metrics(stats, None if weights is None else weights.double().to(device))
+
+
+@torch.no_grad()
+def gather_features(
+    encoder: nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen encoder outputs and labels of every rank's shard, gathered on every rank (CPU)."""
+    encoder.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())
+        labels.append(y.cpu())
+    local = (torch.cat(feats), torch.cat(labels))
+    if not dist.is_initialized():
+        return local
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def probe_accuracies(
+    encoder: nn.Module,
+    loaders: dict[str, DataLoader],
+    num_classes: int,
+    device: torch.device,
+    spec: Any,
+    seed: int,
+) -> dict[str, float]:
+    """Linear probing (lp) and normalised linear probing (nlp) on the frozen encoder, trained on
+    the un-augmented training set; accuracy on val and test. Every rank trains the same probes
+    from the same gathered features and seed, so all ranks return identical numbers."""
+    from ncstudy.evaluate.probes import probe_accuracy, train_linear_probe
+
+    train_x, train_y = gather_features(encoder, loaders["train"], device)
+    evals = {split: gather_features(encoder, loaders[split], device) for split in ("val", "test")}
+    out: dict[str, float] = {}
+    for name, normalized in (("lp", False), ("nlp", True)):
+        probe = train_linear_probe(
+            train_x,
+            train_y,
+            num_classes,
+            normalized=normalized,
+            epochs=spec.epochs,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+            temperature=spec.temperature,
+            batch_size=spec.batch_size,
+            seed=seed,
+        )
+        for split, (x, y) in evals.items():
+            out[f"{split}/{name}_acc1"] = probe_accuracy(probe, x, y)
+    return out
