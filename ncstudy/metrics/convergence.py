@@ -1,0 +1,126 @@
+"""The convergence clock (the source paper's Table 7): closeness, EWMA, steps to 95% / to a ref.
+
+closeness in [0, 1]: value/target for a nonzero target (K-1 for the ranks), 1 - value/initial
+for a target of 0. `steps_to_95` is the earliest step from which the EWMA of the closeness stays
+>= 0.95 to the end; `steps_to_ref` the earliest step at which a trial's EWMA is at least as close
+to the target as the converged (final) EWMA of a reference trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+THRESHOLD = 0.95
+
+# Metrics whose NC value is 0 (closeness = 1 - value/initial).
+ZERO_TARGET = (
+    "nc1",
+    "nc2_equinorm_means",
+    "nc2_equinorm_weights",
+    "nc2_equiangle_means",
+    "nc2_equiangle_weights",
+    "nc2_maxangle_means",
+    "nc2_maxangle_weights",
+    "nc2_etf_dist_means",
+    "nc2_etf_dist_weights",
+    "nc3",
+    "nc4",
+    "gnc1",
+    "gnc3",
+    "erank_intra",
+    "align_weight_mean",
+    "align_weight_inst",
+    "align_inst_mean",
+    "hdr",
+)
+# Metrics whose NC value is K-1 (closeness = value/(K-1)).
+SIMPLEX_RANK_TARGET = ("erank_inter", "erank_weights")
+UNIT_TARGET = ("nc3_cos",)
+
+
+def metric_target(name: str, num_classes: int) -> float:
+    """The perfect-NC value of a tracked metric: K-1 for the ranks, 1 for nc3_cos, else 0."""
+    if name in SIMPLEX_RANK_TARGET:
+        return float(num_classes - 1)
+    if name in UNIT_TARGET:
+        return 1.0
+    if name in ZERO_TARGET:
+        return 0.0
+    tracked = ", ".join(ZERO_TARGET + SIMPLEX_RANK_TARGET + UNIT_TARGET)
+    raise ValueError(
+        f"metric {name!r} has no convergence target (its optimum depends on d or lies below 1); "
+        f"track one of: {tracked}"
+    )
+
+
+def closeness(values: Sequence[float] | np.ndarray, target: float, initial: float) -> np.ndarray:
+    """Per-step closeness to the target in [0, 1].
+
+    For target 0 and initial 0 (already at the target at initialisation) the closeness is 1
+    where the value is 0 and 0 elsewhere.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if target != 0:
+        c = v / target
+    elif initial != 0:
+        c = 1.0 - v / initial
+    else:
+        c = (v == 0).astype(np.float64)
+    return np.clip(c, 0.0, 1.0)
+
+
+def ewma(x: Sequence[float] | np.ndarray, alpha: float = 0.1) -> np.ndarray:
+    """Exponentially weighted moving average: y_0 = x_0, y_t = alpha x_t + (1-alpha) y_{t-1}."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+    x = np.asarray(x, dtype=np.float64)
+    y = np.empty_like(x)
+    for t, value in enumerate(x):
+        y[t] = value if t == 0 else alpha * value + (1.0 - alpha) * y[t - 1]
+    return y
+
+
+def _check_series(steps: Sequence[int], values: Sequence[float], what: str) -> None:
+    """Steps and values of one series must have equal lengths."""
+    if len(steps) != len(values):
+        raise ValueError(
+            f"{what}: steps ({len(steps)}) and values ({len(values)}) must have the same length"
+        )
+
+
+def steps_to_95(
+    steps: Sequence[int], values: Sequence[float], target: float, alpha: float = 0.1
+) -> int | None:
+    """Earliest step from which the EWMA of the closeness stays >= 0.95; None if never."""
+    _check_series(steps, values, "steps_to_95")
+    if len(values) == 0:
+        return None
+    smooth = ewma(closeness(values, target, float(values[0])), alpha)
+    below = np.flatnonzero(smooth < THRESHOLD)
+    first = 0 if below.size == 0 else int(below[-1]) + 1
+    return int(steps[first]) if first < len(steps) else None
+
+
+def steps_to_ref(
+    steps: Sequence[int],
+    values: Sequence[float],
+    ref_steps: Sequence[int],
+    ref_values: Sequence[float],
+    target: float,
+    alpha: float = 0.1,
+) -> int | None:
+    """Earliest step at which the trial's EWMA reaches the reference's converged EWMA value.
+
+    "Reaches" means at least as close to the target: |ewma - target| <= |ref_final - target|
+    (closeness is monotone in the value, so this is the same test on the closeness scale).
+    """
+    _check_series(steps, values, "steps_to_ref")
+    _check_series(ref_steps, ref_values, "steps_to_ref (reference)")
+    if len(values) == 0 or len(ref_values) == 0:
+        return None
+    reference = float(ewma(ref_values, alpha)[-1])
+    smooth = ewma(values, alpha)
+    reached = np.flatnonzero(np.abs(smooth - target) <= abs(reference - target))
+    return int(steps[int(reached[0])]) if reached.size else None

@@ -1,0 +1,297 @@
+"""Sufficient statistics for the NC metrics: a streaming accumulator that all-reduces.
+
+Every metric in spec/metrics.md is a function of per-class counts and sums, two pooled second
+moments (raw and L2-normalised features), per-class sums of squared norms and, for
+`erank_intra`, per-class scatter matrices of the normalised features for a bounded, deterministic
+subset of classes. Each worker fills an accumulator over its shard; `all_reduce` sums them, so the
+result does not depend on the number of workers or on the batch size.
+
+nc4 needs the class means of the very pass that it scores. The accumulator therefore caches the
+raw features (in their incoming dtype, so nothing is lost) and the predictions while they fit in
+`nc4_cache_bytes`; `all_reduce` (or `statistics` on one process) then scores them against the
+reduced class means, which is exact. When the cache overflows on any worker, nc4 falls back to
+`reference_means` (class means from a previous pass, scored online), or is omitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class NCStatistics:
+    """Reduced sufficient statistics of one metrics pass (all sums, float64 by default)."""
+
+    num_classes: int
+    dim: int
+    counts: Tensor  # (K,) samples per class
+    sum_features: Tensor  # (K, d) sum of h per class
+    second_moment: Tensor  # (d, d) sum over all samples of h h^T
+    sum_normalized: Tensor  # (K, d) sum of z = h/||h|| per class
+    second_moment_normalized: Tensor  # (d, d) sum over all samples of z z^T
+    sq_norm_normalized: Tensor  # (K,) sum of ||z||^2 per class (1 per nonzero feature)
+    intra_classes: Tensor  # (m,) class ids that have a scatter matrix
+    scatter_normalized: Tensor  # (m, d, d) sum of z z^T per tracked class
+    nc4_mismatches: float | None = None  # predictions != nearest class mean
+    nc4_samples: float | None = None  # samples that carried a prediction
+    nc4_source: str | None = None  # "exact" (same-pass means) or "reference" (given means)
+
+    @property
+    def num_samples(self) -> float:
+        """Total number of accumulated samples N."""
+        return float(self.counts.sum())
+
+
+def intra_class_subset(num_classes: int, max_intra_classes: int) -> Tensor:
+    """The classes that get a scatter matrix: all, or `max_intra_classes` evenly spaced ids."""
+    if max_intra_classes < 0:
+        raise ValueError(f"max_intra_classes must be >= 0, got {max_intra_classes}")
+    if max_intra_classes >= num_classes:
+        return torch.arange(num_classes)
+    ids = np.unique(np.round(np.linspace(0, num_classes - 1, max_intra_classes)).astype(np.int64))
+    return torch.from_numpy(ids)
+
+
+class NCAccumulator:
+    """Streaming, all-reducible accumulator of the NC sufficient statistics over one pass.
+
+    Use once per pass: update() per batch, all_reduce() on every rank, then statistics().
+    Memory: 2 (K d + d^2) + m d^2 floats (m = min(K, max_intra_classes) tracked classes,
+    evenly spaced over the class ids), a buffer of 64 m rows, and the nc4 cache (capped).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        max_intra_classes: int = 100,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float64,
+        reference_means: Tensor | None = None,
+        nc4_cache_bytes: int = 1 << 30,
+        scatter_buffer_rows_per_class: int = 64,
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.num_classes, self.dim = num_classes, dim
+        self.device, self.dtype = torch.device(device), dtype
+        K, d, kw = num_classes, dim, {"device": self.device, "dtype": dtype}
+        self.counts = torch.zeros(K, **kw)
+        self.sum_features = torch.zeros(K, d, **kw)
+        self.second_moment = torch.zeros(d, d, **kw)
+        self.sum_normalized = torch.zeros(K, d, **kw)
+        self.sq_norm_normalized = torch.zeros(K, **kw)
+        # z z^T of the untracked classes only; tracked ones live in scatter_normalized.
+        self._moment_normalized_untracked = torch.zeros(d, d, **kw)
+        self.intra_classes = intra_class_subset(K, max_intra_classes).to(self.device)
+        self.scatter_normalized = torch.zeros(len(self.intra_classes), d, d, **kw)
+        # Tracked rows wait here until about `scatter_buffer_rows_per_class` per class.
+        self._pending: list[tuple[Tensor, Tensor]] = []
+        self._pending_rows = 0
+        self._flush_rows = max(1, scatter_buffer_rows_per_class * len(self.intra_classes))
+        self._slot = torch.full((K,), -1, dtype=torch.long, device=self.device)
+        self._slot[self.intra_classes] = torch.arange(len(self.intra_classes), device=self.device)
+
+        if reference_means is not None and tuple(reference_means.shape) != (K, d):
+            raise ValueError(
+                f"reference_means must have shape (num_classes, dim) = ({K}, {d}), "
+                f"got {tuple(reference_means.shape)}"
+            )
+        self._reference_means = (
+            None if reference_means is None else reference_means.detach().to(**kw)
+        )
+        self._reference_counts = torch.zeros(2, **kw)  # [mismatches, samples]
+        self._cache_budget = int(nc4_cache_bytes)
+        self._cache_bytes = 0
+        self._cache_overflowed = False
+        self._cache: list[tuple[Tensor, Tensor]] = []
+        self._nc4_reduced: tuple[float, float, str] | None = None
+        self._reduced = False
+        self._frozen = False  # set by statistics(), which hands out the tensors without copies
+        self._nc4_result: tuple[float | None, float | None, str | None] = (None, None, None)
+
+    @torch.no_grad()
+    def update(self, features: Tensor, labels: Tensor, predictions: Tensor | None = None) -> None:
+        """Add one batch: un-normalised features (B, d), labels (B,), optional predictions (B,)."""
+        if self._reduced or self._frozen:
+            raise RuntimeError(
+                "update() after all_reduce() or statistics(): start a new NCAccumulator per pass"
+            )
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(
+                f"features must have shape (B, {self.dim}), got {tuple(features.shape)}"
+            )
+        if labels.shape != (features.shape[0],):
+            raise ValueError(f"labels must have shape ({features.shape[0]},), got {labels.shape}")
+        if predictions is not None and predictions.shape != labels.shape:
+            raise ValueError(f"predictions must have shape {labels.shape}, got {predictions.shape}")
+        if features.shape[0] == 0:
+            return
+        labels = labels.to(self.device, torch.long)
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got a label outside")
+        raw = features.detach().to(self.device)
+        h = raw.to(self.dtype)
+        z = F.normalize(h, dim=1)
+        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.dtype))
+        self.sum_features.index_add_(0, labels, h)
+        self.sum_normalized.index_add_(0, labels, z)
+        self.sq_norm_normalized.index_add_(0, labels, (z * z).sum(1))
+        self.second_moment.addmm_(h.T, h)
+        self._add_normalized_scatter(z, labels)
+        if predictions is not None:
+            self._add_predictions(raw, h, predictions.to(self.device, torch.long))
+
+    def _add_normalized_scatter(self, z: Tensor, labels: Tensor) -> None:
+        """Untracked rows go into one pooled moment; tracked rows are buffered per class."""
+        slots = self._slot[labels]
+        untracked = slots < 0
+        if bool(untracked.any()):
+            zu = z[untracked]
+            self._moment_normalized_untracked.addmm_(zu.T, zu)
+        tracked = ~untracked
+        if not bool(tracked.any()):
+            return
+        self._pending.append((slots[tracked], z[tracked]))
+        self._pending_rows += int(tracked.sum())
+        if self._pending_rows >= self._flush_rows:
+            self._flush_scatter()
+
+    def _flush_scatter(self) -> None:
+        """Add the buffered tracked rows: one z^T z per class, so each d x d update covers
+        many samples (a per-batch update would be memory-bound at ~B/K rows per class)."""
+        if not self._pending:
+            return
+        slots = torch.cat([p[0] for p in self._pending])
+        zt = torch.cat([p[1] for p in self._pending])
+        self._pending, self._pending_rows = [], 0
+        order = torch.argsort(slots, stable=True)
+        slots, zt = slots[order], zt[order]
+        present, sizes = torch.unique_consecutive(slots, return_counts=True)
+        for slot, block in zip(present.tolist(), torch.split(zt, sizes.tolist()), strict=True):
+            self.scatter_normalized[slot].addmm_(block.T, block)
+
+    def _add_predictions(self, raw: Tensor, h: Tensor, predictions: Tensor) -> None:
+        """Cache features for exact nc4; score against reference means when those were given."""
+        if self._reference_means is not None:
+            nearest = nearest_class_mean(h, self._reference_means, self._reference_valid())
+            self._reference_counts[0] += float((nearest != predictions).sum())
+            self._reference_counts[1] += float(predictions.numel())
+        if self._cache_overflowed:
+            return
+        size = raw.numel() * raw.element_size() + predictions.numel() * 8
+        if self._cache_bytes + size > self._cache_budget:
+            self._cache_overflowed, self._cache, self._cache_bytes = True, [], 0
+            return
+        self._cache.append((raw.clone(), predictions.clone()))
+        self._cache_bytes += size
+
+    def _reference_valid(self) -> Tensor:
+        """Reference means that are usable (finite rows)."""
+        assert self._reference_means is not None
+        return torch.isfinite(self._reference_means).all(1)
+
+    def _score_cache(self) -> tuple[float, float]:
+        """Mismatches and samples of the cached predictions against the current class means."""
+        means = self.sum_features / self.counts.clamp(min=1)[:, None]
+        mismatches, samples = 0.0, 0.0
+        for raw, predictions in self._cache:
+            nearest = nearest_class_mean(raw.to(self.dtype), means, self.counts > 0)
+            mismatches += float((nearest != predictions).sum())
+            samples += float(predictions.numel())
+        return mismatches, samples
+
+    def all_reduce(self, group: object | None = None) -> None:
+        """Sum every statistic across torch.distributed ranks (no-op when not initialised)."""
+        import torch.distributed as dist
+
+        if self._frozen:
+            raise RuntimeError("all_reduce() after statistics(): call it before statistics()")
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self._reduced:
+            raise RuntimeError("all_reduce() called twice: it would double-count the statistics")
+        self._flush_scatter()
+        flag = torch.tensor([1.0 if self._cache_overflowed else 0.0], device=self.device)
+        tensors = [
+            self.counts,
+            self.sum_features,
+            self.second_moment,
+            self.sum_normalized,
+            self.sq_norm_normalized,
+            self._moment_normalized_untracked,
+            self.scatter_normalized,
+            self._reference_counts,
+            flag.to(self.dtype),
+        ]
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        self._reduced = True
+        # The overflow flag is now global, so every rank makes the same (collective) choice.
+        if float(tensors[-1]) == 0.0:
+            local = torch.tensor(self._score_cache(), dtype=self.dtype, device=self.device)
+            dist.all_reduce(local, group=group)
+            if float(local[1]) > 0:
+                self._nc4_reduced = (float(local[0]), float(local[1]), "exact")
+        self._cache_overflowed = self._cache_overflowed or float(tensors[-1]) > 0
+        self._cache, self._cache_bytes = [], 0
+
+    def _nc4(self) -> tuple[float | None, float | None, str | None]:
+        """nc4 counts: exact from the cache when possible, else from the reference means."""
+        if self._nc4_reduced is not None:
+            return self._nc4_reduced
+        if not self._reduced and not self._cache_overflowed:
+            mismatches, samples = self._score_cache()
+            if samples > 0:
+                return mismatches, samples, "exact"
+        if float(self._reference_counts[1]) > 0:
+            return float(self._reference_counts[0]), float(self._reference_counts[1]), "reference"
+        return None, None, None
+
+    def statistics(self) -> NCStatistics:
+        """The (reduced, if all_reduce ran) sufficient statistics; ends the pass.
+
+        The tensors are handed over without copies (the scatter is up to m d^2 floats), so the
+        accumulator refuses further update()/all_reduce() calls afterwards.
+        """
+        self._flush_scatter()
+        if not self._frozen:
+            self._nc4_result = self._nc4()
+            self._cache, self._cache_bytes = [], 0
+        mismatches, samples, source = self._nc4_result
+        self._frozen = True
+        return NCStatistics(
+            num_classes=self.num_classes,
+            dim=self.dim,
+            counts=self.counts,
+            sum_features=self.sum_features,
+            second_moment=self.second_moment,
+            sum_normalized=self.sum_normalized,
+            second_moment_normalized=self._moment_normalized_untracked
+            + self.scatter_normalized.sum(0),
+            sq_norm_normalized=self.sq_norm_normalized,
+            intra_classes=self.intra_classes,
+            scatter_normalized=self.scatter_normalized,
+            nc4_mismatches=mismatches,
+            nc4_samples=samples,
+            nc4_source=source,
+        )
+
+
+def nearest_class_mean(features: Tensor, means: Tensor, valid: Tensor) -> Tensor:
+    """argmin_k ||h - mu_k|| over the valid classes (ties: lowest class id)."""
+    dist2 = (means * means).sum(1)[None, :] - 2.0 * features @ means.T
+    dist2 = dist2.masked_fill(~valid[None, :], float("inf"))
+    return dist2.argmin(1)
