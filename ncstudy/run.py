@@ -54,6 +54,28 @@ def trial_table(trials: Sequence[TrialSpec]) -> str:
     return "\n".join(lines)
 
 
+def _dim(dim: object) -> str:
+    if isinstance(dim, list):
+        return str(dim)
+    return f"[{dim.low:g}, {dim.high:g}]" + (" log" if dim.log else "")  # type: ignore[attr-defined]
+
+
+def search_table(study: StudySpec) -> str:
+    """The --dry-run description of an Optuna search."""
+    from ncstudy.search import loss_space, n_trials
+
+    search = study.search
+    assert search is not None
+    lines = [
+        f"optuna search: sampler {search.sampler} (seed {search.seed}), pruner {search.pruner}, "
+        f"{search.mode} {search.metric}, seed {study.grid.seed[0]}"
+    ]
+    for loss in study.losses:
+        space = ", ".join(f"{k}={_dim(v)}" for k, v in loss_space(search, loss).items())
+        lines.append(f"  {loss.name:<10} {n_trials(search, loss):>4} trials  {space}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -64,12 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         study: StudySpec = load_study(args.study, overrides)
         trials = expand(study)
         if args.dry_run:
-            print(trial_table(trials))
+            print(trial_table(trials) if study.search is None else search_table(study))
             return 0
         from ncstudy.cluster import resolve_address
 
         address = resolve_address(args.address)
-        print(f"study '{study.name}': {len(trials)} trials -> {study.study_dir}", flush=True)
+        what = f"{len(trials)} trials" if study.search is None else "an Optuna search per loss"
+        print(f"study '{study.name}': {what} -> {study.study_dir}", flush=True)
         rows = run_study(study, resume=args.resume, address=address, storage_path=args.storage_path)
     except (SpecError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -83,7 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_summary(rows))
     print(f"\nbrowse the runs:  {mlflow_ui_command(StudyPaths.of(study, args.storage_path))}")
-    return 0 if all(r.status == "FINISHED" for r in rows) else 1
+    if study.search is not None:
+        from ncstudy.search import optuna_storage_url
+
+        print(f"optuna study:  optuna-dashboard {optuna_storage_url(study.study_dir)}")
+    # pruned search trials end KILLED by design; only failures make the exit code 1
+    return 1 if any(r.status in ("FAILED", "NOT STARTED") for r in rows) else 0
 
 
 if __name__ == "__main__":

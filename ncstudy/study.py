@@ -94,7 +94,7 @@ def run_study(
     """Run (or resume) every trial of the study; returns the summary rows."""
     import ray
 
-    trials = expand(study)
+    trials = None if study.search is not None else expand(study)
     check_can_start(study, resume)
     paths = StudyPaths.of(study, storage_path)
     if not ray.is_initialized():
@@ -121,27 +121,79 @@ def run_study(
         "train_storage": paths.storage + "/train",
     }
 
-    done = {row.key for row in summarize(mlf, experiment_id, trials) if row.status == "FINISHED"}
-    todo = [t for t in trials if t.key not in done]
     interrupted = False
+    tune_status: dict[str, str] = {}  # trial key -> Tune's final status of that trial
     try:
-        if todo:
-            _tuner(study, todo, env, paths, resume).fit()
-        # Tune's SIGINT handler stops the experiment and returns normally: a trial without an
-        # ended run after fit() means the study was interrupted, not finished.
-        interrupted = any(
-            r.status in ("RUNNING", "NOT STARTED") for r in summarize(mlf, experiment_id, trials)
-        )
+        if study.search is not None:
+            interrupted = _run_search(study, env, paths, resume, tune_status)
+        else:
+            interrupted = _run_grid(
+                study, trials, env, paths, resume, mlf, experiment_id, tune_status
+            )
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        _close_open_runs(mlf, experiment_id, trials, interrupted)
+        keys = None if trials is None else {t.key for t in trials}
+        _close_open_runs(mlf, experiment_id, keys, interrupted, study.search, tune_status)
         rows = summarize(mlf, experiment_id, trials)
-        status = "KILLED" if interrupted else "FINISHED"
-        tracking.finish_run(mlf, parent_id, status)
+        tracking.finish_run(mlf, parent_id, "KILLED" if interrupted else "FINISHED")
     if interrupted:
         raise KeyboardInterrupt
+    if trials is not None:
+        from ncstudy.convergence_ref import log_steps_to_ref
+
+        log_steps_to_ref(mlf, experiment_id, [t.key for t in trials])
     return rows
+
+
+def _run_grid(
+    study: StudySpec,
+    trials: list[TrialSpec],
+    env: dict[str, Any],
+    paths: StudyPaths,
+    resume: bool,
+    mlf: Any,
+    experiment_id: str,
+    tune_status: dict[str, str],
+) -> bool:
+    """Run the grid's trials that have not finished; True if the run was interrupted."""
+    done = {row.key for row in summarize(mlf, experiment_id, trials) if row.status == "FINISHED"}
+    todo = [t for t in trials if t.key not in done]
+    if not todo:
+        return False
+    return _was_interrupted(_tuner(study, todo, env, paths, resume).fit(), 0, tune_status)
+
+
+def _run_search(
+    study: StudySpec,
+    env: dict[str, Any],
+    paths: StudyPaths,
+    resume: bool,
+    tune_status: dict[str, str],
+) -> bool:
+    """One Optuna search per loss, in order; True if the run was interrupted."""
+    from ncstudy import search as s
+
+    assert study.search is not None
+    for index, loss in enumerate(study.losses):
+        total = s.n_trials(study.search, loss)
+        left = total - s.finished_optuna_trials(study, loss, paths.study_dir)
+        tuner = _search_tuner(study, index, env, paths, resume, left)
+        if tuner is None:
+            continue
+        if _was_interrupted(tuner.fit(), left, tune_status):
+            return True
+    return False
+
+
+def _was_interrupted(results: Any, expected: int, tune_status: dict[str, str]) -> bool:
+    """Tune's SIGINT handler stops the experiment and returns normally; an interrupted run
+    shows as trials that are neither terminated nor errored, or fewer trials than expected.
+    Records each trial's Tune status in `tune_status`."""
+    # ResultGrid keeps the Tune trials (with their status) on its experiment analysis.
+    trials = results._experiment_analysis.trials
+    tune_status.update({_key(t.config): t.status for t in trials})
+    return len(trials) < expected or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def _local_ray_kwargs(address: str | None) -> dict[str, Any]:
@@ -190,8 +242,8 @@ def _progress_callback() -> Any:
 
     class Progress(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-            if "val/acc1" in result:
-                key = trial.config["trial"]["key"]
+            if "test/acc1" in result:  # an evaluation epoch
+                key = _key(trial.config)
                 print(
                     f"  {key}: epoch {result.get('epoch')}  loss {result['train/loss']:.4f}  "
                     f"val acc1 {100 * result['val/acc1']:.2f} %",
@@ -199,10 +251,10 @@ def _progress_callback() -> Any:
                 )
 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            print(f"  {trial.config['trial']['key']}: done", flush=True)
+            print(f"  {_key(trial.config)}: done", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-            print(f"  {trial.config['trial']['key']}: error (see the summary)", flush=True)
+            print(f"  {_key(trial.config)}: error (see the summary)", flush=True)
 
     return Progress()
 
@@ -227,8 +279,8 @@ def _tuner(
         param_space=param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=_concurrency(study, todo[0]),
-            trial_name_creator=lambda t: t.config["trial"]["key"],
-            trial_dirname_creator=lambda t: t.config["trial"]["key"],
+            trial_name_creator=lambda t: _key(t.config),
+            trial_dirname_creator=lambda t: _key(t.config),
         ),
         run_config=tune.RunConfig(
             name="tune",
@@ -240,35 +292,116 @@ def _tuner(
     )
 
 
-def _close_open_runs(mlf: Any, experiment_id: str, trials: list[TrialSpec], killed: bool) -> None:
-    """No child run stays RUNNING: a run whose process died without ending it is marked
-    KILLED (study interrupted) or FAILED (its process died)."""
-    keys = {t.key for t in trials}
+def _key(config: dict[str, Any]) -> str:
+    """The trial key of a Tune config (grid trial or sampled search point)."""
+    if "trial" in config:
+        return config["trial"]["key"]
+    from ncstudy.trial import trial_of
+
+    return trial_of(config).key
+
+
+def _search_tuner(
+    study: StudySpec,
+    loss_index: int,
+    env: dict[str, Any],
+    paths: StudyPaths,
+    resume: bool,
+    left: int,
+) -> Any:
+    """The Tuner of one loss's Optuna search (restored when resuming), or None if it is done."""
+    from ray import tune
+
+    from ncstudy import search as s
+
+    assert study.search is not None
+    loss = study.losses[loss_index]
+    probe = s.trial_from_point(study, loss_index, {})
+    trainable = tune.with_resources(run_trial, _trial_resources(probe))
+    tune_path = f"{paths.storage}/tune-{loss.name}"
+    if resume and tune.Tuner.can_restore(tune_path):
+        return tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    if left <= 0:
+        return None
+    param_space = {
+        "point": s.tune_space(study.search, loss),
+        "study": study.model_dump(mode="json"),
+        "loss_index": loss_index,
+        "env": env,
+    }
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=s.make_searcher(study, loss, paths.study_dir),
+            scheduler=s.make_scheduler(study.search, study.train.epochs),
+            num_samples=left,
+            max_concurrent_trials=_concurrency(study, probe),
+            trial_name_creator=lambda t: _key(t.config),
+            trial_dirname_creator=lambda t: _key(t.config),
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{loss.name}",
+            storage_path=paths.storage,
+            failure_config=tune.FailureConfig(max_failures=study.resources.trial_max_failures),
+            callbacks=[_progress_callback()],
+            verbose=0,
+        ),
+    )
+
+
+def _close_open_runs(
+    mlf: Any,
+    experiment_id: str,
+    keys: set[str] | None,
+    killed: bool,
+    search: Any,
+    tune_status: dict[str, str],
+) -> None:
+    """No child run stays RUNNING. A run left RUNNING whose Tune trial TERMINATED was stopped
+    by the search's pruner (KILLED, with the epoch it stopped at); otherwise, after an
+    interruption it is KILLED, and after a normal end its process died (FAILED)."""
     for run in mlf.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        if run.data.tags.get(tracking.TRIAL_KEY_TAG) in keys:
-            if killed:
-                tracking.finish_run(mlf, run.info.run_id, "KILLED", "study interrupted")
-            else:
-                tracking.finish_run(mlf, run.info.run_id, "FAILED", "trial process ended early")
+        key = run.data.tags.get(tracking.TRIAL_KEY_TAG)
+        if key is None or (keys is not None and key not in keys):
+            continue
+        pruned = search is not None and search.pruner != "none"
+        if "final/val_acc1" in run.data.metrics:
+            # trained to the end and logged its summary; only the status update was cut short
+            # (a scheduler stops a trial right after its last report at max_t)
+            tracking.finish_run(mlf, run.info.run_id, "FINISHED")
+        elif pruned and (tune_status.get(key) == "TERMINATED" or not killed):
+            epoch = int(run.data.metrics.get("epoch", 0))
+            mlf.set_tag(run.info.run_id, "ncstudy.stopped_at_epoch", str(epoch))
+            reason = f"pruned by {search.pruner} at epoch {epoch}"
+            tracking.finish_run(mlf, run.info.run_id, "KILLED", reason)
+        elif killed:
+            tracking.finish_run(mlf, run.info.run_id, "KILLED", "study interrupted")
+        else:
+            tracking.finish_run(mlf, run.info.run_id, "FAILED", "trial process ended early")
 
 
-def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec]) -> list[TrialRow]:
-    """One row per trial of the study (in grid order), read back from MLflow."""
+def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec] | None) -> list[TrialRow]:
+    """One row per trial, read back from MLflow: in grid order, or (a search, `trials` None)
+    every trial run in the order it started."""
     by_key = {}
-    for run in mlf.search_runs([experiment_id], max_results=50000):
+    for run in mlf.search_runs([experiment_id], max_results=50000, order_by=["start_time ASC"]):
         key = run.data.tags.get(tracking.TRIAL_KEY_TAG)
         if key:
             by_key[key] = run
+    keys = list(by_key) if trials is None else [t.key for t in trials]
     rows = []
-    for t in trials:
-        run = by_key.get(t.key)
+    for key in keys:
+        run = by_key.get(key)
         if run is None:
-            rows.append(TrialRow(t.key, "NOT STARTED", None, None, None))
+            rows.append(TrialRow(key, "NOT STARTED", None, None, None))
             continue
         m = run.data.metrics
         rows.append(
             TrialRow(
-                t.key,
+                key,
                 run.info.status,
                 m.get("final/val_acc1"),
                 m.get("best/val_acc1"),
