@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,12 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     class_counts: tuple[int, ...]
+    # The SCL view augmentation of `train` (colour jitter, grayscale, ...); None: use `train`.
+    train_contrastive: Dataset | None = None
+    # `fn(rank, world_size, per_rank_batch, seed, views)` -> a loader with `set_epoch(epoch)`
+    # and `len()`, yielding (x, y) batches (x of shape (B, V, C, H, W) when views > 1); set when
+    # the study picks `loader: ffcv`; None: the trainer builds a torch DataLoader over `train`.
+    train_loader: Callable[[int, int, int, int, int], Iterable] | None = None
 
 
 _BUILDERS: dict[str, Callable[..., DataBundle]] = {}
@@ -63,4 +69,4 @@ def build_data(spec: Any, seed: int) -> DataBundle:
 
 def _load_builtin() -> None:
     # Importing the modules registers their builders; kept lazy so `import ncstudy.data` is cheap.
-    from ncstudy.data import digits  # noqa: F401
+    from ncstudy.data import cifar, digits, imagefolder  # noqa: F401

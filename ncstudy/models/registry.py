@@ -35,4 +35,4 @@ def build_model(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
 
 
 def _load_builtin() -> None:
-    from ncstudy.models import small_cnn  # noqa: F401
+    from ncstudy.models import resnet, small_cnn  # noqa: F401

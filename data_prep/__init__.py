@@ -1,0 +1,1 @@
+"""Data preparation: writers from ncstudy's datasets to FFCV `.beton` files."""

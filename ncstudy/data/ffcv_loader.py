@@ -1,0 +1,174 @@
+"""The FFCV training loader: reads a `.beton` written by `data_prep.write_beton` and yields the
+same batches, semantically, as the torch DataLoader + DistributedSampler path.
+
+Order: exactly DistributedSampler's (shuffle, `seed`, `set_epoch`, padding), applied to the
+training indices, so both paths see the same labels in the same order on every rank.
+Augmentation: classifier losses use FFCV's JIT-compiled ops (RandomResizedCrop scale 0.2-1 at
+decode time, horizontal flip); SCL views are decoded once and each view gets the torchvision
+ops of `transforms.contrastive_ops` on the uint8 tensor (FFCV 1.0.2 has no hue jitter,
+grayscale or blur). FFCV's own random numbers come from numba and are not seeded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+
+from ncstudy.data import transforms as tf
+
+INSTALL_HINT = (
+    "install the extra: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then "
+    "pip install 'ncstudy[ffcv]'; or set dataset.loader: torchvision"
+)
+
+
+def ffcv_installed() -> bool:
+    """Whether the `ffcv` package is installed (cheap: does not import it)."""
+    return importlib.util.find_spec("ffcv") is not None
+
+
+def require_ffcv(import_it: bool = True) -> None:
+    """Raise a ValueError naming `dataset.loader` and the fix when FFCV is missing; with
+    `import_it` also import it (which fails when its system libraries are missing)."""
+    if not ffcv_installed():
+        raise ValueError(f"loader: ffcv is not installed; {INSTALL_HINT}")
+    if import_it:
+        try:
+            import ffcv  # noqa: F401
+        except ImportError as err:
+            raise ValueError(f"loader: ffcv does not import ({err}); {INSTALL_HINT}") from None
+
+
+class DistributedOrder:
+    """FFCV traversal order equal to torch's DistributedSampler over `indices` (no process group
+    needed: rank and world size are given)."""
+
+    def __init__(self, indices: np.ndarray, rank: int, world_size: int, seed: int):
+        self.indices = np.asarray(indices, dtype=np.uint64)
+        self.sampler = DistributedSampler(
+            range(len(indices)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        """The beton indices this rank reads in `epoch`."""
+        self.sampler.set_epoch(epoch)
+        return self.indices[np.fromiter(iter(self.sampler), dtype=np.int64)]
+
+
+class FFCVTrainLoader:
+    """Per-rank training batches from a `.beton`: `(x, y)` with x normalised float32
+    (B, C, H, W), or (B, V, C, H, W) when `views` > 1; `set_epoch` as DistributedSampler."""
+
+    def __init__(
+        self,
+        beton: Path,
+        indices: np.ndarray,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int,
+        size: int,
+        stats: tf.Stats,
+        augment: bool,
+        views: int = 1,
+        num_workers: int = 0,
+    ):
+        require_ffcv()
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import (
+            CenterCropRGBImageDecoder,
+            RandomResizedCropRGBImageDecoder,
+        )
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+        if not Path(beton).is_file():
+            raise FileNotFoundError(
+                f"dataset.beton_dir: {beton} does not exist; write it with "
+                f"`python -m data_prep.write_beton --out {Path(beton).parent}`"
+            )
+        self.stats, self.views, self.batch_size = stats, views, batch_size
+        self.view_ops = torch.nn.Sequential(*tf.contrastive_ops(size)) if augment else None
+        if augment and views == 1:
+            image = [
+                RandomResizedCropRGBImageDecoder((size, size), scale=tf.CROP_SCALE),
+                RandomHorizontalFlip(),
+            ]
+        else:  # plain decode (eval-like); SCL views are augmented on the tensors below
+            ratio = 224 / 256 if size >= 64 else 1.0
+            image = [CenterCropRGBImageDecoder((size, size), ratio=ratio)]
+        self.loader = Loader(
+            str(beton),
+            batch_size=batch_size,
+            num_workers=max(1, num_workers),
+            order=OrderOption.SEQUENTIAL,
+            indices=np.asarray(indices),
+            pipelines={
+                "image": [*image, ToTensor(), ToTorchImage()],
+                "label": [IntDecoder(), ToTensor(), Squeeze(1)],
+            },
+            drop_last=True,
+        )
+        # FFCV 1.0.2 cannot take a custom order class (its isinstance check is inverted):
+        # swap in the DistributedSampler order after construction.
+        self.order = DistributedOrder(indices, rank, world_size, seed)
+        self.loader.traversal_order = self.order
+        self.loader.first_traversal_order = self.order.sample_order(0)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the shuffle of `epoch` (DistributedSampler semantics)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader.first_traversal_order) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.loader.next_epoch = self.epoch
+        for images, labels in self.loader:
+            labels = labels.to(torch.int64, copy=True)  # FFCV reuses its batch buffers
+            if self.views == 1:
+                yield tf.normalize_batch(images, self.stats), labels
+                continue
+            ops = self.view_ops or (lambda im: im)
+            x = torch.stack([torch.stack([ops(im) for _ in range(self.views)]) for im in images])
+            yield tf.normalize_batch(x.flatten(0, 1), self.stats).unflatten(0, x.shape[:2]), labels
+
+
+class FFCVTrainLoaderFactory:
+    """`DataBundle.train_loader`: binds a beton and the training indices; called by the worker
+    loop with its rank, world size, per-rank batch, seed and number of views."""
+
+    def __init__(
+        self,
+        beton: Path,
+        indices: np.ndarray,
+        size: int,
+        stats: tf.Stats,
+        augment: bool,
+        num_workers: int = 0,
+    ):
+        self.beton, self.indices, self.size, self.stats = beton, indices, size, stats
+        self.augment, self.num_workers = augment, num_workers
+
+    def __call__(
+        self, rank: int, world_size: int, batch_size: int, seed: int, views: int = 1
+    ) -> FFCVTrainLoader:
+        return FFCVTrainLoader(
+            self.beton,
+            self.indices,
+            rank,
+            world_size,
+            batch_size,
+            seed,
+            self.size,
+            self.stats,
+            self.augment,
+            views,
+            self.num_workers,
+        )

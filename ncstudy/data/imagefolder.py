@@ -1,0 +1,179 @@
+"""ImageFolder trees (`<root>/train/<class>/*`, `<root>/val/<class>/*`: ImageNet-100/1K and any
+other) and the offline CIFAR-10 JPEG copy, which ships as a zip in that layout.
+
+Classes are the sorted sub-folder names (torchvision's ImageFolder order); files are sorted
+within a class, so indices are stable and match the FFCV files `data_prep` writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ncstudy.data import transforms as tf
+from ncstudy.data.images import ImageSource, make_bundle
+from ncstudy.data.registry import DataBundle, register_dataset
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
+TEST_SPLITS = ("val", "test")  # ImageNet calls its held-out split val, the CIFAR copy test
+
+
+def scan_imagefolder(split_dir: str | Path) -> ImageSource:
+    """The images under `split_dir/<class>/`, classes and files in sorted order."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(
+            f"dataset.root: {split_dir} does not exist; an ImageFolder root holds "
+            "train/<class>/*.jpg and val/<class>/*.jpg (or test/)"
+        )
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    paths: list[str] = []
+    labels: list[int] = []
+    for c, name in enumerate(classes):
+        files = sorted(
+            f for f in os.listdir(split_dir / name) if f.lower().endswith(IMAGE_SUFFIXES)
+        )
+        paths += [str(split_dir / name / f) for f in files]
+        labels += [c] * len(files)
+    if not paths:
+        raise FileNotFoundError(f"dataset.root: no images under {split_dir}/<class>/")
+    return ImageSource(paths, np.asarray(labels, dtype=np.int64), classes)
+
+
+def test_split_dir(root: Path) -> Path:
+    """`root/val` (ImageNet) or `root/test` (the CIFAR-10 copy), whichever exists."""
+    for name in TEST_SPLITS:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"dataset.root: {root} has neither val/ nor test/ (ImageFolder layout)")
+
+
+def extract_imagefolder_zip(
+    zip_path: str | Path, dest: str | Path, per_class: dict[str, int] | None = None
+) -> Path:
+    """Extract an ImageFolder zip (`<top>/<split>/<class>/<file>`) into `dest/<split>/...`;
+    `per_class` ({"train": 20, "test": 10}) keeps only the first files of each class and
+    split (selective reading, for tests). Returns `dest`."""
+    dest = Path(dest)
+    kept: dict[tuple[str, str], int] = {}
+    with zipfile.ZipFile(zip_path) as zf:
+        for name in sorted(zf.namelist()):
+            parts = name.split("/")
+            if len(parts) != 4 or not parts[3]:
+                continue
+            _, split, cls, fname = parts
+            if per_class is not None:
+                if split not in per_class or kept.get((split, cls), 0) >= per_class[split]:
+                    continue
+                kept[(split, cls)] = kept.get((split, cls), 0) + 1
+            target = dest / split / cls / fname
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(name))
+    return dest
+
+
+def shared_cifar10_zip() -> Path:
+    """The offline CIFAR-10 JPEG zip: $NCSTUDY_CIFAR10_ZIP, else ../shared/data next to the repo."""
+    env = os.environ.get("NCSTUDY_CIFAR10_ZIP")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.zip"
+
+
+def cifar10_jpeg_root(spec: Any) -> Path:
+    """The extracted copy: `dataset.root`, or ~/.cache/ncstudy/cifar10-jpeg (extracted from the
+    shared zip on first use)."""
+    if spec.root is not None:
+        return Path(spec.root).expanduser()
+    root = Path.home() / ".cache" / "ncstudy" / "cifar10-jpeg"
+    if root.is_dir():
+        return root
+    zip_path = shared_cifar10_zip()
+    if not zip_path.exists():
+        raise FileNotFoundError(
+            f"dataset.root: not given and the CIFAR-10 JPEG zip is not at {zip_path}; set "
+            "dataset.root to an extracted copy or NCSTUDY_CIFAR10_ZIP to the zip"
+        )
+    # Extract next to the target and rename: concurrent trials never see a partial copy.
+    tmp = Path(tempfile.mkdtemp(prefix=".cifar10-jpeg-", dir=_mkdir(root.parent)))
+    extract_imagefolder_zip(zip_path, tmp)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def folder_bundle(
+    spec: Any,
+    root: Path,
+    stats: tf.Stats,
+    default_size: int,
+    beton_name: str,
+    expected_classes: int | None = None,
+) -> DataBundle:
+    """DataBundle over an ImageFolder root (train/ + val/ or test/)."""
+    train, test = scan_imagefolder(root / "train"), scan_imagefolder(test_split_dir(root))
+    if expected_classes is not None and len(train.classes) != expected_classes:
+        raise ValueError(
+            f"dataset.root: {root / 'train'} has {len(train.classes)} class folders, "
+            f"{spec.name} has {expected_classes}; use name: imagefolder for other trees"
+        )
+    if test.classes != train.classes:
+        raise ValueError(f"dataset.root: {root}: train/ and its test split have different classes")
+    size = spec.image_size or default_size
+    resize = round(size * 8 / 7) if size >= 64 else size  # ImageNet's 256 -> 224 centre crop
+    return make_bundle(spec, train, test, stats, size, resize, beton_name)
+
+
+def _folder_classes(spec: Any) -> int:
+    if spec.root is None:
+        raise ValueError("dataset.root: the imagefolder dataset needs root (train/<class>/*)")
+    train = Path(spec.root).expanduser() / "train"
+    if not train.is_dir():
+        raise ValueError(f"dataset.root: {train} does not exist (ImageFolder layout)")
+    return sum(1 for d in train.iterdir() if d.is_dir())
+
+
+@register_dataset("imagefolder", num_classes=_folder_classes)
+def build_imagefolder(spec: Any, seed: int) -> DataBundle:
+    """Any ImageFolder tree; ImageNet statistics, 224 px unless `image_size` says otherwise."""
+    return folder_bundle(spec, Path(spec.root).expanduser(), tf.IMAGENET_STATS, 224, "imagefolder")
+
+
+def _register_imagenet(name: str, classes: int) -> None:
+    def build(spec: Any, seed: int) -> DataBundle:
+        if spec.root is None:
+            raise ValueError(f"dataset.root: {name} needs root (train/<wnid>/*, val/<wnid>/*)")
+        root = Path(spec.root).expanduser()
+        return folder_bundle(spec, root, tf.IMAGENET_STATS, 224, name, classes)
+
+    build.__doc__ = f"{name}: an ImageFolder tree with {classes} classes."
+    register_dataset(name, num_classes=classes)(build)
+
+
+_register_imagenet("imagenet", 1000)
+_register_imagenet("imagenet100", 100)
+
+
+@register_dataset("cifar10_jpeg", num_classes=10)
+def build_cifar10_jpeg(spec: Any, seed: int) -> DataBundle:
+    """The offline CIFAR-10 JPEG copy (../shared/data): official train/test, CIFAR statistics."""
+    return folder_bundle(spec, cifar10_jpeg_root(spec), tf.CIFAR10_STATS, 32, "cifar10_jpeg", 10)
+
+
+@register_dataset("cifar10_jpeg_lt", num_classes=10)
+def build_cifar10_jpeg_lt(spec: Any, seed: int) -> DataBundle:
+    """The offline CIFAR-10 copy with the long-tailed profile (`imbalance_ratio`)."""
+    return folder_bundle(spec, cifar10_jpeg_root(spec), tf.CIFAR10_STATS, 32, "cifar10_jpeg")

@@ -1,0 +1,72 @@
+"""The paper's augmentations as torchvision transforms (PIL in, normalised float tensor out).
+
+Classifier losses: RandomResizedCrop(scale 0.2-1) + horizontal flip. Supervised contrastive
+(two views): the same crop and flip, then ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
+grayscale with p = 0.2 and, on ImageNet-sized inputs, Gaussian blur with p = 0.5. Metrics and
+fixed prototypes use the un-augmented `eval_transform` (ImageNet: resize + centre crop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torchvision import transforms as T
+
+Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+CIFAR10_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CROP_SCALE = (0.2, 1.0)
+BLUR_MIN_SIZE = 64  # blur only on ImageNet-sized inputs (the paper blurs on ImageNet only)
+
+
+def _finish(stats: Stats) -> list[Any]:
+    return [T.ToTensor(), T.Normalize(*stats)]
+
+
+def classifier_transform(size: int, stats: Stats) -> Callable[[Any], torch.Tensor]:
+    """Training augmentation of the classifier losses: random resized crop and flip."""
+    return T.Compose(
+        [T.RandomResizedCrop(size, scale=CROP_SCALE), T.RandomHorizontalFlip(), *_finish(stats)]
+    )
+
+
+def contrastive_transform(
+    size: int, stats: Stats, blur: bool | None = None
+) -> Callable[[Any], torch.Tensor]:
+    """One SCL view: crop, flip, colour jitter (p 0.8), grayscale (p 0.2), blur on ImageNet."""
+    return T.Compose([*contrastive_ops(size, blur), *_finish(stats)])
+
+
+def contrastive_ops(size: int, blur: bool | None = None) -> list[Any]:
+    """The SCL view operations without tensor conversion: they accept PIL images and uint8
+    (C, H, W) tensors alike (the FFCV path applies them to decoded tensors)."""
+    blur = size >= BLUR_MIN_SIZE if blur is None else blur
+    ops: list[Any] = [
+        T.RandomResizedCrop(size, scale=CROP_SCALE),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+    ]
+    if blur:
+        kernel = 2 * (size // 20) + 1  # about 10% of the side, odd (SimCLR's recipe)
+        ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    return ops
+
+
+def eval_transform(size: int, stats: Stats, resize: int | None = None) -> Callable:
+    """Un-augmented preprocessing: optional resize of the short side + centre crop, normalise."""
+    ops: list[Any] = []
+    if resize is not None:
+        ops += [T.Resize(resize), T.CenterCrop(size)]
+    return T.Compose([*ops, *_finish(stats)])
+
+
+def normalize_batch(x: torch.Tensor, stats: Stats) -> torch.Tensor:
+    """(N, 3, H, W) uint8 or 0-255 float -> normalised float32, as `eval_transform` does."""
+    mean = torch.tensor(stats[0], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(stats[1], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
