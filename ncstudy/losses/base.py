@@ -60,8 +60,14 @@ class PoolParams(LossParams):
 # --------------------------------------------------------------------------- the interface
 
 
+def compute_dtype(h: Tensor) -> torch.dtype:
+    """float32 for float16/bfloat16/float32 inputs (AMP-safe); float64 stays float64 (UFM)."""
+    return torch.promote_types(h.dtype, torch.float32)
+
+
 class NCLoss(nn.Module):
-    """Base class: a loss module with its own head; computes in float32 even under AMP."""
+    """Base class: a loss module with its own head; computes in float32 (or float64 for float64
+    inputs) even under AMP."""
 
     name: str = ""
     num_views: int = 1
@@ -72,19 +78,19 @@ class NCLoss(nn.Module):
         return h
 
     def forward(self, h: Tensor, y: Tensor) -> LossOutput:
-        """Loss of encoder outputs h (B*V, d) with labels y (B*V,), in float32."""
+        """Loss of encoder outputs h (B*V, d) with labels y (B*V,), in float32 (float64 stays)."""
         if h.dim() != 2 or y.shape != h.shape[:1]:
             raise ValueError(
                 f"loss '{self.name}': expected h of shape (N, d) and y of shape (N,), "
                 f"got h {tuple(h.shape)} and y {tuple(y.shape)}"
             )
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return self._loss(h.float(), y.long())
+            return self._loss(h.to(compute_dtype(h)), y.long())
 
     def scores(self, h: Tensor) -> Tensor:
         """(B, K) class scores of encoder outputs; the prediction is scores.argmax(1)."""
         with torch.autocast(device_type=h.device.type, enabled=False):
-            return self._scores(h.float())
+            return self._scores(h.to(compute_dtype(h)))
 
     def classifier_weights(self) -> Tensor | None:
         """(K, embed_dim) detached classifier rows (W, ETF or prototypes) for the NC metrics."""

@@ -1,0 +1,177 @@
+"""The UFM trial loop: build the problem from a TrialSpec, optimise, report every
+`evaluation.every` iterations (NC metrics under `nc/`, loss under `train/loss`), log to MLflow.
+
+It follows `ncstudy.train.train_loop`'s contract (same report/log pattern, checkpoints, final
+`status`), with iterations in place of epochs (`epoch` = iterations done). Every sample is a
+training sample, so `train/acc1` is the UFM's training accuracy; `val/acc1` (and `final/`,
+`best/val_acc1`) repeat it so the study's summary table has a number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ncstudy.context import WorkerContext
+from ncstudy.spec import TrialSpec
+from ncstudy.ufm import theory
+from ncstudy.ufm.problem import UFMProblem, balanced_labels
+from ncstudy.ufm.regularized import RegularizedUFM
+from ncstudy.ufm.spherical import SphericalUFM
+
+# The convergence clock follows the same metrics as network trials.
+CLOCK_METRICS = ("erank_inter", "erank_weights", "align_weight_mean", "align_weight_inst", "nc1")
+
+
+def build_problem(trial: TrialSpec) -> UFMProblem:
+    """The UFM problem of a trial: labels, free features and the production loss module."""
+    from ncstudy.losses import build_loss
+
+    u = trial.ufm
+    if u is None:
+        raise ValueError(f"trial {trial.key}: not a UFM trial (no `ufm` section)")
+    criterion = build_loss(
+        trial.loss, trial.loss_params, feature_dim=u.d, num_classes=u.K, seed=trial.seed
+    )
+    labels = balanced_labels(u.K, u.n_per_class)
+    common = {"seed": trial.seed, "step": u.step}
+    if u.variant == "spherical":
+        return SphericalUFM(criterion, labels, u.d, log_loss=u.log_loss, **common)
+    return RegularizedUFM(
+        criterion,
+        labels,
+        u.d,
+        lambda_w=u.lambda_w,
+        lambda_h=u.lambda_h,
+        lambda_b=u.lambda_b,
+        init_scale=u.init_scale,
+        **common,
+    )
+
+
+def theory_value(trial: TrialSpec) -> float | None:
+    """The predicted minimum of the loss, where theory gives one (spherical, K <= d+1)."""
+    u = trial.ufm
+    if u is None or u.variant != "spherical" or u.d + 1 < u.K or trial.temperature is None:
+        return None
+    tau = trial.temperature
+    if trial.loss == "normface":
+        return theory.normface_bound(u.K, tau)
+    if trial.loss == "ntce":
+        return theory.ntce_etf_value(u.K, u.n_per_class, tau)
+    if trial.loss == "nonl":
+        return theory.nonl_etf_value(u.K, u.n_per_class, tau)
+    return None
+
+
+def nc_metrics(problem: UFMProblem, num_classes: int, max_intra_classes: int) -> dict[str, float]:
+    """NC metrics of the free features with the loss's own classifier (and its predictions)."""
+    from ncstudy.metrics import NCAccumulator, compute_nc_metrics
+
+    crit, h, y = problem.criterion, problem.features.detach(), problem.labels
+    set_prototypes(problem, num_classes)
+    acc = NCAccumulator(num_classes, h.shape[1], max_intra_classes=max_intra_classes)
+    acc.update(h, y, problem.predictions())
+    weights = crit.classifier_weights()
+    return compute_nc_metrics(acc.statistics(), None if weights is None else weights.double())
+
+
+def set_prototypes(problem: UFMProblem, num_classes: int) -> None:
+    """Losses that predict with class-mean prototypes get the exact means of the features."""
+    crit = problem.criterion
+    if crit.needs_class_means:
+        z = F.normalize(problem.features.detach(), dim=1)
+        onehot = F.one_hot(problem.labels, num_classes).to(z.dtype)
+        crit.set_class_means(F.normalize(onehot.T @ z, dim=1))
+
+
+def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = None) -> None:
+    """Optimise one UFM trial, reporting every `evaluation.every` iterations; `run` holds the
+    MLflow tracking URI and run id (nothing is logged without it)."""
+    from ncstudy.metrics import metric_target, steps_to_95
+
+    threads = max(1, int(trial.resources.cpus_per_worker))
+    torch.set_num_threads(int(os.environ.get("NCSTUDY_THREADS", threads)))
+    u, ev = trial.ufm, trial.evaluation
+    assert u is not None  # build_problem raises a clear error first
+    problem = build_problem(trial)
+    bound = theory_value(trial)
+    history: dict[str, list[tuple[int, float]]] = {}
+    best = -1.0
+    state = ctx.load_state()
+    if state is not None:
+        problem.load_state(state["ufm"])
+        history, best = state["history"], state["best_val"]
+    mlf = None
+    if run is not None and ctx.is_main:
+        from ncstudy import tracking
+
+        mlf = tracking.client(run["tracking_uri"])
+
+    while problem.iteration < u.iterations:
+        started = time.perf_counter()
+        result = problem.run(min(ev.every, u.iterations - problem.iteration))
+        it = problem.iteration
+        set_prototypes(problem, u.K)
+        loss = float(problem.loss().detach())
+        acc1 = problem.accuracy()
+        metrics: dict[str, Any] = {
+            "epoch": it,
+            "train/loss": loss,
+            "train/objective": result.objective,
+            "train/acc1": acc1,
+            "val/acc1": acc1,
+            "ufm/grad_norm": result.grad_norm,
+            "ufm/step_size": problem.step_size,
+            "ufm/converged": float(problem.converged),
+            "perf/iteration_seconds": (time.perf_counter() - started) / max(ev.every, 1),
+        }
+        if bound is not None:
+            metrics["ufm/theory_loss"] = bound
+            metrics["ufm/loss_gap"] = loss - bound
+        if not math.isfinite(loss):
+            metrics.update(status="failed", reason=f"UFM loss is {loss} at iteration {it}")
+            _log(mlf, run, metrics, it)
+            ctx.report(_tune_view(metrics))
+            return
+        if ev.nc_metrics:
+            nc = nc_metrics(problem, u.K, ev.max_intra_classes)
+            metrics.update({f"nc/{k}": v for k, v in nc.items()})
+            for name in CLOCK_METRICS:
+                if name in nc:
+                    history.setdefault(name, []).append((it, nc[name]))
+        best = max(best, acc1)
+        metrics["best/val_acc1"] = best
+        if it >= u.iterations:
+            metrics.update({"final/val_acc1": acc1, "final/train_loss": loss, "status": "finished"})
+            for name, series in history.items():
+                steps, values = zip(*series, strict=True)
+                reached = steps_to_95(list(steps), list(values), metric_target(name, u.K))
+                if reached is not None:
+                    metrics[f"steps_to_95/{name}"] = float(reached)
+        checkpoint = {
+            "ufm": problem.state(),
+            "history": history,
+            "best_val": best,
+            "trial": trial.model_dump(mode="json"),
+        }
+        _log(mlf, run, metrics, it)
+        ctx.report(_tune_view(metrics), state=checkpoint)
+
+
+def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What Tune sees: the scalar metrics without the NC block, plus the status."""
+    keep = ("epoch", "train/", "val/", "best/", "final/", "ufm/", "status", "reason")
+    return {k: v for k, v in metrics.items() if k.startswith(keep)}
+
+
+def _log(mlf: Any, run: dict[str, Any] | None, metrics: dict[str, Any], step: int) -> None:
+    if mlf is not None and run is not None:
+        from ncstudy import tracking
+
+        tracking.log_metrics(mlf, run["run_id"], metrics, step=step)
