@@ -1,0 +1,77 @@
+"""Write a study's report to a folder (tables as CSV and Markdown, figures, index.html) and log
+the same files as artifacts of the study's parent run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from ncstudy.report.figures import FigureFile, all_figures
+from ncstudy.report.html import render_index
+from ncstudy.report.load import StudyData, open_client
+from ncstudy.report.markdown import table_markdown, write_tables
+from ncstudy.report.tables import Table, all_tables
+
+ARTIFACT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What was written: the folder, the index page, the tables, the figures, every file."""
+
+    out_dir: Path
+    index: Path
+    tables: list[Table]
+    figures: list[FigureFile]
+    files: list[Path]
+    logged_to: str | None  # the parent run id the files were logged to, if any
+
+
+def status_line(data: StudyData) -> str:
+    """`N trials: a FINISHED, b FAILED, ...`."""
+    counts = data.trials["status"].value_counts()
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"{len(data.trials)} trials: {parts or 'none'}"
+
+
+def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> Report:
+    """Write every table and figure of the study to `out_dir` and, unless disabled, log them to
+    the parent run under `report/`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = all_tables(data.trials)
+    files = write_tables(tables, out_dir / "tables")
+    figures = all_figures(data.trials, data.histories, out_dir / "figures")
+    files += [f.path for f in figures]
+    full = out_dir / "tables" / "trials_full.csv"
+    data.trials.to_csv(full, index=False)
+    files.append(full)
+
+    meta = [
+        f"Study '{data.name}' — {status_line(data)}.",
+        f"MLflow: {data.tracking_uri}, experiment {data.experiment_id}, parent run "
+        f"{data.parent_run_id or '(none)'}.",
+        "Accuracy = test top-1 at the end of training; every best temperature or configuration "
+        "is chosen by validation accuracy, never by test accuracy.",
+        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by python -m ncstudy.report.",
+    ]
+    markdown = [f"# Report: {data.name}\n", *(m + "\n" for m in meta), ""]
+    markdown += [table_markdown(t) for t in tables]
+    markdown += [
+        f"## {f.title}\n\n{f.caption}\n\n![{f.title}](figures/{f.path.name})\n" for f in figures
+    ]
+    report_md = out_dir / "report.md"
+    report_md.write_text("\n".join(markdown))
+    index = out_dir / "index.html"
+    index.write_text(render_index(f"Report: {data.name}", meta, tables, figures))
+    files += [report_md, index]
+
+    logged_to = None
+    if log_to_mlflow and data.parent_run_id:
+        mlf = open_client(data.tracking_uri)
+        for path in files:
+            sub = path.parent.relative_to(out_dir).as_posix()
+            target = ARTIFACT_DIR if sub == "." else f"{ARTIFACT_DIR}/{sub}"
+            mlf.log_artifact(data.parent_run_id, str(path), target)
+        logged_to = data.parent_run_id
+    return Report(out_dir, index, tables, figures, files, logged_to)

@@ -1,0 +1,238 @@
+"""Read a study back from MLflow: one DataFrame row per trial (expected or found) and the
+per-epoch histories of the metrics the figures draw.
+
+The study's own YAML (its folder's `study.yaml`, else the parent run's artifact) gives the full
+list of expected trials, so a partial study shows its never-started trials as such.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ncstudy import tracking
+from ncstudy.convergence_ref import REFERENCE_TAG, metric_series, quiet_downloads
+
+NOT_STARTED = "NOT STARTED"
+HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss")
+BASE_COLUMNS = [
+    "key",
+    "run_id",
+    "status",
+    "reason",
+    "loss",
+    "temperature",
+    "batch_size",
+    "seed",
+    "dataset",
+    "model",
+    "axes",
+    "setting",
+    "epochs",
+    "num_classes",
+    "reference",
+]
+
+
+class ReportError(RuntimeError):
+    """A study that cannot be read back (no store, no such study); the message says the fix."""
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study read back from MLflow."""
+
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    trials: pd.DataFrame  # one row per trial: BASE_COLUMNS + every logged metric (latest value)
+    histories: pd.DataFrame  # long form: key, metric, step, value
+    spec: Any | None  # the StudySpec, when its YAML could be read and validated
+
+
+def open_client(tracking_uri: str) -> Any:
+    """An MlflowClient; a local SQLite store must already exist (never create an empty one)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        path = path if path.is_absolute() else Path.cwd() / path
+        if not path.exists():
+            raise ReportError(
+                f"no MLflow store at {path}; pass the study's output folder with --output "
+                "(the folder that holds mlflow.db) or set MLFLOW_TRACKING_URI"
+            )
+    return tracking.client(tracking_uri)
+
+
+def load_study_data(
+    name: str, tracking_uri: str, study_yaml: Path | None = None, histories: bool = True
+) -> StudyData:
+    """Read the study `name` from the MLflow store at `tracking_uri`."""
+    mlf = open_client(tracking_uri)
+    exp = mlf.get_experiment_by_name(name)
+    if exp is None:
+        known = sorted(e.name for e in mlf.search_experiments() if e.name != "Default")
+        raise ReportError(
+            f"study {name!r} is not in the MLflow store {tracking_uri}; studies there: "
+            f"{', '.join(known) or 'none'}"
+        )
+    runs = mlf.search_runs([exp.experiment_id], max_results=50000)
+    parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "study"]
+    by_key = {
+        r.data.tags[tracking.TRIAL_KEY_TAG]: r
+        for r in runs
+        if tracking.TRIAL_KEY_TAG in r.data.tags
+    }
+    parent_id = parents[0].info.run_id if parents else None
+    spec = _study_spec(mlf, parent_id, study_yaml)
+    trials = trial_frame(spec, by_key)
+    hist = history_frame(mlf, by_key) if histories else empty_histories()
+    return StudyData(name, tracking_uri, exp.experiment_id, parent_id, trials, hist, spec)
+
+
+def _study_spec(mlf: Any, parent_id: str | None, study_yaml: Path | None) -> Any | None:
+    """The StudySpec from the study folder's YAML, else from the parent run's artifact."""
+    from mlflow.exceptions import MlflowException
+
+    from ncstudy.spec import SpecError, parse_study
+
+    text = None
+    if study_yaml is not None and study_yaml.exists():
+        text = study_yaml.read_text()
+    elif parent_id is not None:
+        with quiet_downloads(), tempfile.TemporaryDirectory() as tmp:
+            try:
+                text = Path(mlf.download_artifacts(parent_id, "study.yaml", tmp)).read_text()
+            except (OSError, MlflowException):
+                text = None  # no artifact: the runs' own tags still describe the trials
+    if text is None:
+        return None
+    try:
+        return parse_study(yaml.safe_load(text), "study.yaml")
+    except SpecError:
+        return None  # an older or edited spec: the runs' own tags still describe the trials
+
+
+def _expected(spec: Any | None) -> list[Any]:
+    """The grid's trials; none for a search study (its trials are sampled as it runs)."""
+    from ncstudy.spec import expand
+
+    if spec is None or getattr(spec, "search", None) is not None:
+        return []
+    return expand(spec)
+
+
+def trial_frame(spec: Any | None, by_key: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial: the spec's trials in grid order, then any other run found."""
+    rows = []
+    seen = set()
+    for t in _expected(spec):
+        rows.append(_row_from_spec(t, by_key.get(t.key)))
+        seen.add(t.key)
+    for key, run in by_key.items():
+        if key not in seen:
+            rows.append(_row_from_run(key, run))
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    frame["setting"] = setting_labels(frame)
+    metrics = sorted(c for c in frame.columns if c not in BASE_COLUMNS)
+    return frame[BASE_COLUMNS + metrics]
+
+
+def _row_from_spec(t: Any, run: Any | None) -> dict[str, Any]:
+    from ncstudy.convergence_ref import num_classes_of
+
+    row = {
+        "key": t.key,
+        "loss": t.loss,
+        "temperature": math.nan if t.temperature is None else float(t.temperature),
+        "batch_size": int(t.batch_size),
+        "seed": int(t.seed),
+        "dataset": t.dataset.name,
+        "model": t.model.name,
+        "axes": dict(t.axes),
+        "epochs": int(t.ufm.iterations if t.ufm is not None else t.train.epochs),
+        "num_classes": num_classes_of(t),
+    }
+    return {**row, **_run_fields(run)}
+
+
+def _row_from_run(key: str, run: Any) -> dict[str, Any]:
+    tags, params = run.data.tags, run.data.params
+    temperature = tags.get("temperature", "none")
+    epochs = params.get("train.epochs")
+    row = {
+        "key": key,
+        "loss": tags.get("loss", "?"),
+        "temperature": math.nan if temperature == "none" else float(temperature),
+        "batch_size": int(tags.get("batch_size", 0)),
+        "seed": int(tags.get("seed", 0)),
+        "dataset": tags.get("dataset", "?"),
+        "model": tags.get("model", "?"),
+        "axes": {k[len("axes.") :]: v for k, v in params.items() if k.startswith("axes.")},
+        "epochs": int(epochs) if epochs and epochs.isdigit() else math.nan,
+        "num_classes": math.nan,
+    }
+    return {**row, **_run_fields(run)}
+
+
+def _run_fields(run: Any | None) -> dict[str, Any]:
+    if run is None:
+        return {"run_id": None, "status": NOT_STARTED, "reason": None, "reference": None}
+    return {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "reason": run.data.tags.get(tracking.REASON_TAG),
+        "reference": run.data.tags.get(REFERENCE_TAG),
+        **run.data.metrics,
+    }
+
+
+def setting_labels(frame: pd.DataFrame) -> list[str]:
+    """A short label for everything but loss, temperature, batch size and seed: the dataset,
+    plus the model and each extra grid axis where they vary across the study."""
+    axes_keys = sorted({k for axes in frame["axes"] for k in axes})
+    varying_model = frame["model"].nunique() > 1
+    labels = []
+    for _, row in frame.iterrows():
+        parts = [str(row["dataset"])]
+        if varying_model:
+            parts.append(str(row["model"]))
+        parts += [f"{k}={row['axes'][k]}" for k in axes_keys if k in row["axes"]]
+        labels.append(" ".join(parts))
+    return labels
+
+
+def empty_histories() -> pd.DataFrame:
+    """A histories frame with no rows."""
+    return pd.DataFrame({"key": [], "metric": [], "step": [], "value": []})
+
+
+def history_frame(
+    mlf: Any, by_key: dict[str, Any], metrics: Iterable[str] | None = None
+) -> pd.DataFrame:
+    """Per-step histories of the accuracies, the training loss and every `nc/` metric."""
+    jobs = []
+    for key, run in by_key.items():
+        names = metrics or [
+            m for m in run.data.metrics if m.startswith("nc/") or m in HISTORY_METRICS
+        ]
+        jobs += [(key, run.info.run_id, m) for m in names if m in run.data.metrics]
+
+    def fetch(job: tuple[str, str, str]) -> pd.DataFrame:
+        key, run_id, metric = job
+        steps, values = metric_series(mlf, run_id, metric)
+        return pd.DataFrame({"key": key, "metric": metric, "step": steps, "value": values})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parts = list(pool.map(fetch, jobs))
+    return pd.concat(parts, ignore_index=True) if parts else empty_histories()
