@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UFM_MODEL = "ufm"  # model.name of unconstrained-feature-model trials (no encoder, no dataset)
 
 
 class Strict(BaseModel):
@@ -33,6 +34,34 @@ class DatasetSpec(Strict):
     val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     split_seed: int = 0
+    download: bool = Field(False, description="torchvision download (CIFAR) when root is empty")
+    subset_per_class: int | None = Field(
+        None, ge=1, description="use a seeded subset of this many training images per class"
+    )
+    test_per_class: int | None = Field(None, ge=1, description="cap the test set per class")
+    imbalance_ratio: float | None = Field(
+        None, gt=0, le=1, description="long-tailed profile n_min / n_max (0.01: factor 100)"
+    )
+    loader: Literal["torchvision", "ffcv"] = "torchvision"
+    beton_dir: str | None = Field(None, description="folder of the FFCV .beton files")
+    num_workers: int = Field(0, ge=0, description="loader worker processes (0: in-process)")
+
+    @model_validator(mode="after")
+    def _data_options(self) -> DatasetSpec:
+        if self.name.endswith("_lt") and self.imbalance_ratio is None:
+            raise ValueError(f"imbalance_ratio: {self.name} needs one (n_min / n_max, e.g. 0.01)")
+        if self.loader == "ffcv":
+            from ncstudy.data.ffcv_loader import require_ffcv
+
+            require_ffcv(import_it=False)  # importing FFCV (numba) costs seconds
+            if self.name == "digits":
+                raise ValueError("loader: ffcv serves image datasets; use torchvision")
+            if self.beton_dir is None:
+                raise ValueError(
+                    "beton_dir: loader: ffcv needs the folder of the .beton files "
+                    "(write them with `python -m data_prep.write_beton`)"
+                )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -48,14 +77,16 @@ class ModelSpec(Strict):
     name: str = "small_cnn"
     feature_dim: int = Field(64, ge=2)
     width: int = Field(32, ge=1)
+    sync_bn: bool = Field(False, description="SyncBatchNorm across GPU workers (DDP on CUDA)")
 
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
         from ncstudy.models import list_models
 
-        if name not in list_models():
-            raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
+        if name != UFM_MODEL and name not in list_models():
+            valid = ", ".join([*list_models(), UFM_MODEL])
+            raise ValueError(f"unknown model {name!r}; valid: {valid}")
         return name
 
 
@@ -165,12 +196,125 @@ class ResourcesSpec(Strict):
     )
 
 
+class ProbeSpec(Strict):
+    """Linear probes on the frozen encoder of SCL trials (lp: linear + CE; nlp: NormFace)."""
+
+    enabled: bool = True
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.5, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(0.1, gt=0, description="nlp's NormFace temperature")
+    batch_size: int = Field(256, ge=1)
+
+
 class EvaluationSpec(Strict):
+    probes: ProbeSpec = Field(default_factory=ProbeSpec)
     every: int = Field(1, ge=1, description="epochs between evaluations (and checkpoints)")
     nc_metrics: bool = True
     nc_on_test: bool = False
     max_intra_classes: int = Field(100, ge=1)
     eval_batch_size: int = Field(512, ge=1)
+
+
+class UFMSpec(Strict):
+    """An unconstrained-feature-model problem (spec/ufm.md): free features, one per sample."""
+
+    K: int = Field(4, ge=2, description="number of classes")
+    d: int = Field(8, ge=2, description="feature dimension")
+    n_per_class: int = Field(5, ge=1, description="free features (samples) per class")
+    variant: Literal["spherical", "regularized"] = Field(
+        "spherical", description="unit-sphere features and weights, or weight-decayed ones"
+    )
+    iterations: int = Field(500, ge=1, description="gradient steps (Armijo backtracking)")
+    step: float = Field(1.0, gt=0, description="initial step size of the line search")
+    log_loss: bool = Field(
+        False, description="minimise log(loss): needed for sharp temperatures (1/tau >= 40)"
+    )
+    lambda_w: float = Field(5e-2, ge=0, description="weight decay on W (regularized)")
+    lambda_h: float = Field(1e-2, ge=0, description="weight decay on the features (regularized)")
+    lambda_b: float = Field(1e-2, ge=0, description="weight decay on the bias (regularized)")
+    init_scale: float = Field(0.1, gt=0, description="initial feature norm scale (regularized)")
+
+    @model_validator(mode="after")
+    def _variant_fields(self) -> UFMSpec:
+        # checked by value, not by "set", so a dumped-and-reloaded spec stays valid
+        fields = type(self).model_fields
+        changed = [
+            f
+            for f in ("lambda_w", "lambda_h", "lambda_b", "init_scale")
+            if getattr(self, f) != fields[f].default
+        ]
+        if self.variant == "spherical" and changed:
+            field = changed[0]
+            raise ValueError(
+                f"{field} applies to variant: regularized only; remove it or set the variant"
+            )
+        if self.variant == "regularized" and self.log_loss:
+            raise ValueError("log_loss applies to variant: spherical only; remove it")
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        """N = K n: the whole sample set, which is also the (single) batch."""
+        return self.K * self.n_per_class
+
+
+class RangeSpec(Strict):
+    """A continuous search range."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeSpec:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+SEARCHABLE = ("temperature", "batch_size", "train.", "loss.")
+
+
+class SearchSpec(Strict):
+    """An Optuna search (per loss) that replaces the grid: Ray Tune runs it with OptunaSearch
+    and an optional pruner; the Optuna study is stored in SQLite next to the results."""
+
+    type: Literal["optuna"] = "optuna"
+    n_trials: int | None = Field(None, ge=1, description="per loss; grid sampler: grid size")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    seed: int = 0
+    pruner: Literal["asha", "median", "none"] = "asha"
+    grace_epochs: int = Field(1, ge=1, description="epochs before a trial may be pruned")
+    metric: str = "val/acc1"
+    mode: Literal["max", "min"] = "max"
+    space: dict[str, RangeSpec | list[Any]]
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpec:
+        if not self.space:
+            raise ValueError("space is empty; search e.g. {temperature: {low: 0.05, high: 1}}")
+        for name, dim in self.space.items():
+            if not name.startswith(SEARCHABLE) or name in ("train.", "loss."):
+                raise ValueError(
+                    f"space.{name}: searchable are temperature, batch_size, train.<field> "
+                    "and loss.<param>"
+                )
+            if isinstance(dim, list) and not dim:
+                raise ValueError(f"space.{name}: an empty list of choices")
+        ranges = [n for n, d in self.space.items() if isinstance(d, RangeSpec)]
+        if ranges and self.sampler == "grid":
+            raise ValueError(f"sampler: grid needs lists of values, but {ranges} are ranges")
+        if not ranges and self.sampler == "cmaes":
+            raise ValueError("sampler: cmaes needs at least one continuous range")
+        if isinstance(self.space.get("batch_size", []), RangeSpec):
+            raise ValueError("space.batch_size: give a list of batch sizes (categorical)")
+        if self.sampler != "grid" and self.n_trials is None:
+            raise ValueError(f"n_trials: the {self.sampler} sampler needs a number of trials")
+        return self
 
 
 class StudySpec(Strict):
@@ -183,6 +327,8 @@ class StudySpec(Strict):
     grid: GridSpec = Field(default_factory=GridSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    ufm: UFMSpec | None = Field(None, description="the UFM problem, with model: {name: ufm}")
+    search: SearchSpec | None = Field(None, description="an Optuna search instead of the grid")
     output_dir: str = "ncstudy-runs"
 
     @field_validator("name")
@@ -207,6 +353,26 @@ class StudySpec(Strict):
         from ncstudy.data.registry import dataset_num_classes
         from ncstudy.losses import check_loss_compat
 
+        if self.model.name == UFM_MODEL or self.ufm is not None:
+            for path, values in self.grid.axes.items():
+                _check_axis(self, path, values)
+            _check_ufm_study(self)
+            return self
+        r = self.resources
+        if self.model.sync_bn and r.gpus_per_worker == 0 and r.workers_per_trial > 1:
+            raise ValueError(
+                "model.sync_bn: SyncBatchNorm runs on GPU workers (NCCL) only; set "
+                "resources.gpus_per_worker > 0 or sync_bn: false"
+            )
+        batches = self.grid.batch_size + [
+            b for b in (self.search.space.get("batch_size", []) if self.search else [])
+        ]
+        uneven = [b for b in batches if b % r.workers_per_trial]
+        if uneven:
+            raise ValueError(
+                f"grid.batch_size: {uneven} cannot be split over resources.workers_per_trial="
+                f"{r.workers_per_trial} workers; use multiples of {r.workers_per_trial}"
+            )
         num_classes = dataset_num_classes(self.dataset)
         for i, loss in enumerate(self.losses):
             try:
@@ -240,6 +406,7 @@ class TrialSpec(Strict):
     resources: ResourcesSpec
     evaluation: EvaluationSpec
     axes: dict[str, Any] = Field(default_factory=dict)
+    ufm: UFMSpec | None = None
 
     def config_hash(self) -> str:
         """A short, stable hash of everything that determines the trial's result."""
@@ -300,7 +467,74 @@ def _check_temperatures(values: list[float]) -> list[float]:
     return values
 
 
-_AXIS_SECTIONS = {"train": TrainSpec, "model": ModelSpec, "dataset": DatasetSpec}
+_AXIS_SECTIONS: dict[str, type[Strict]] = {
+    "train": TrainSpec,
+    "model": ModelSpec,
+    "dataset": DatasetSpec,
+    "ufm": UFMSpec,
+}
+# UFM trials: the whole sample set is one batch; at most this many reports per trial.
+UFM_MAX_REPORTS = 1000
+
+
+def _check_ufm_study(study: StudySpec) -> None:
+    """A UFM study: model.name ufm with a ufm section, no dataset or batch sizes, one process,
+    and every loss valid for the variant (also under each ufm.* grid value)."""
+    if study.model.name != UFM_MODEL:
+        raise ValueError(f"ufm: set model.name: {UFM_MODEL} to run UFM trials, or remove `ufm`")
+    if study.ufm is None:
+        raise ValueError(
+            f"model.name: {UFM_MODEL} needs a `ufm:` section (K, d, n_per_class, variant, ...)"
+        )
+    if "dataset" in study.model_fields_set:
+        raise ValueError("dataset: UFM trials have no dataset (features are free); remove it")
+    if "batch_size" in study.grid.model_fields_set:
+        raise ValueError(
+            "grid.batch_size: UFM trials use the whole sample set as one batch; remove it"
+        )
+    if study.resources.workers_per_trial != 1:
+        raise ValueError("resources.workers_per_trial: UFM trials run in one process; set 1")
+    reports = study.ufm.iterations // study.evaluation.every
+    if reports > UFM_MAX_REPORTS:
+        raise ValueError(
+            f"evaluation.every: a UFM trial reports every `every` iterations; {reports} reports "
+            f"is too many, raise it to at least {study.ufm.iterations // UFM_MAX_REPORTS}"
+        )
+    ufm_axes = {p: v for p, v in study.grid.axes.items() if p.startswith("ufm.")}
+    base = study.ufm.model_dump(exclude_unset=True)
+    for combo in itertools.product(*ufm_axes.values()):
+        values = {p.partition(".")[2]: v for p, v in zip(ufm_axes, combo, strict=True)}
+        try:
+            ufm = UFMSpec.model_validate({**base, **values})
+        except ValidationError as err:
+            raise ValueError(f"grid.axes ({values}): {_first_error(err)}") from None
+        for i, loss in enumerate(study.losses):
+            try:
+                check_ufm_loss(loss.name, loss.params, ufm)
+            except ValueError as err:
+                where = f" with {values}" if values else ""
+                raise ValueError(f"losses[{i}] ({loss.name}){where}: {err}") from None
+
+
+def check_ufm_loss(name: str, params: dict[str, Any], ufm: UFMSpec) -> None:
+    """A loss must fit the UFM variant and dimensions (raises ValueError with the fix)."""
+    from ncstudy.losses import check_loss_compat
+    from ncstudy.ufm import REGULARIZED_LOSSES, SPHERICAL_LOSSES
+    from ncstudy.ufm.spherical import POSITIVE_LOSSES
+
+    check_loss_compat(name, params, ufm.d, ufm.K)
+    allowed = SPHERICAL_LOSSES if ufm.variant == "spherical" else REGULARIZED_LOSSES
+    if name not in allowed:
+        other = "regularized" if ufm.variant == "spherical" else "spherical"
+        raise ValueError(
+            f"ufm.variant {ufm.variant} takes the losses {', '.join(allowed)}; "
+            f"use ufm.variant: {other} for {name!r}"
+        )
+    if ufm.log_loss and name not in POSITIVE_LOSSES:
+        raise ValueError(
+            f"ufm.log_loss needs a positive loss ({', '.join(POSITIVE_LOSSES)}); "
+            f"{name!r} can be negative: set log_loss: false"
+        )
 
 
 def _check_axis(study: StudySpec, path: str, values: list[Any]) -> None:
@@ -321,7 +555,9 @@ def _check_axis(study: StudySpec, path: str, values: list[Any]) -> None:
             f"{where}: unknown axis; use train.<field>, model.<field>, dataset.<field> or "
             "loss.<param> (temperature, batch_size and seed have their own grid lists)"
         )
-    base = getattr(study, section).model_dump()
+    if getattr(study, section) is None:
+        raise ValueError(f"{where}: the study has no `{section}:` section to vary")
+    base = getattr(study, section).model_dump(exclude_unset=True)
     for v in values:
         try:
             _AXIS_SECTIONS[section].model_validate({**base, field: v})
@@ -335,12 +571,16 @@ def _fmt(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", str(value))
 
 
-def trial_key(loss: str, temperature: float | None, batch_size: int, seed: int, axes: dict) -> str:
-    """Deterministic, filesystem-safe key, e.g. `normface-t0.1-b512-s0` (+ `-lr0.05` ...)."""
+def trial_key(
+    loss: str, temperature: float | None, batch_size: int | None, seed: int, axes: dict
+) -> str:
+    """Deterministic, filesystem-safe key, e.g. `normface-t0.1-b512-s0` (+ `-lr0.05` ...);
+    UFM trials (batch_size None: the whole set) have no `b` part, e.g. `normface-t0.1-K4-d2-s0`."""
     parts = [loss]
     if temperature is not None:
         parts.append(f"t{_fmt(temperature)}")
-    parts.append(f"b{batch_size}")
+    if batch_size is not None:
+        parts.append(f"b{batch_size}")
     for path, value in axes.items():
         leaf = path.rsplit(".", 1)[-1]
         parts.append(_fmt(value) if isinstance(value, str) else f"{_short(leaf)}{_fmt(value)}")
@@ -374,35 +614,53 @@ def expand(study: StudySpec) -> list[TrialSpec]:
             temps, study.grid.batch_size, itertools.product(*grid_axes.values())
         ):
             axes = dict(zip(grid_axes, combo, strict=True))
-            sections = {s: getattr(study, s).model_dump() for s in _AXIS_SECTIONS}
-            params = dict(loss.params)
-            for path, value in axes.items():
-                section, _, field = path.partition(".")
-                (params if section == "loss" else sections[section])[field] = value
-            if temp is not None:
-                params["temperature"] = temp
-            train = TrainSpec.model_validate(sections["train"])
             for seed in study.grid.seed:
-                trials.append(
-                    TrialSpec(
-                        key=trial_key(loss.name, temp, batch, seed, axes),
-                        study=study.name,
-                        loss=loss.name,
-                        loss_params=params,
-                        temperature=temp,
-                        batch_size=batch,
-                        seed=seed,
-                        lr=train.effective_lr(batch),
-                        dataset=DatasetSpec.model_validate(sections["dataset"]),
-                        model=ModelSpec.model_validate(sections["model"]),
-                        train=train,
-                        resources=study.resources,
-                        evaluation=study.evaluation,
-                        axes=axes,
-                    )
-                )
+                trials.append(resolve_trial(study, loss, temp, batch, seed, axes))
     keys = [t.key for t in trials]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise SpecError(f"losses: the same loss is listed twice with the same grid ({dupes[0]})")
     return trials
+
+
+def resolve_trial(
+    study: StudySpec,
+    loss: LossSpec,
+    temp: float | None,
+    batch: int,
+    seed: int,
+    axes: dict[str, Any],
+) -> TrialSpec:
+    """One fully resolved trial: the study's sections with `axes` (dotted paths) applied."""
+    sections = {
+        s: getattr(study, s).model_dump(exclude_unset=s == "ufm")
+        for s in _AXIS_SECTIONS
+        if getattr(study, s) is not None
+    }
+    params = dict(loss.params)
+    for path, value in axes.items():
+        section, _, field = path.partition(".")
+        (params if section == "loss" else sections[section])[field] = value
+    if temp is not None:
+        params["temperature"] = temp
+    train = TrainSpec.model_validate(sections["train"])
+    ufm = UFMSpec.model_validate(sections["ufm"]) if "ufm" in sections else None
+    # UFM: the whole sample set is the batch; lr is the line search's initial step
+    key_batch = None if ufm else batch
+    return TrialSpec(
+        key=trial_key(loss.name, temp, key_batch, seed, axes),
+        study=study.name,
+        loss=loss.name,
+        loss_params=params,
+        temperature=temp,
+        batch_size=ufm.num_samples if ufm else batch,
+        seed=seed,
+        lr=ufm.step if ufm else train.effective_lr(batch),
+        dataset=DatasetSpec.model_validate(sections["dataset"]),
+        model=ModelSpec.model_validate(sections["model"]),
+        train=train,
+        resources=study.resources,
+        evaluation=study.evaluation,
+        axes=axes,
+        ufm=ufm,
+    )

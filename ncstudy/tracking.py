@@ -76,7 +76,7 @@ def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -
         TRIAL_KEY_TAG: trial.key,
         "study": trial.study,
         "loss": trial.loss,
-        "dataset": trial.dataset.name,
+        "dataset": "ufm" if getattr(trial, "ufm", None) is not None else trial.dataset.name,
         "model": trial.model.name,
         "temperature": "none" if trial.temperature is None else str(trial.temperature),
         "batch_size": str(trial.batch_size),

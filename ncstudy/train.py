@@ -22,7 +22,14 @@ from ncstudy.context import WorkerContext
 from ncstudy.spec import TrialSpec
 
 # Metrics the convergence clock follows (spec/metrics.md, the source paper's Table 7).
-CLOCK_METRICS = ("erank_inter", "erank_weights", "align_weight_mean", "align_weight_inst", "nc1")
+CLOCK_METRICS = (
+    "erank_intra",
+    "erank_inter",
+    "erank_weights",
+    "align_weight_mean",
+    "align_weight_inst",
+    "nc1",
+)
 
 
 class Network(nn.Module):
@@ -114,18 +121,31 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             f"batch_size {trial.batch_size} is not divisible by {ctx.world_size} workers"
         )
     per_rank = trial.batch_size // ctx.world_size
-    train_set = (
-        data.train if criterion.num_views == 1 else MultiView(data.train, criterion.num_views)
-    )
-    sampler = DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=trial.seed
-    )
-    loader = DataLoader(
-        train_set, batch_size=per_rank, sampler=sampler, drop_last=True, pin_memory=use_gpu
-    )
+    views = criterion.num_views
+    if data.train_loader is not None:  # loader: ffcv (same order as DistributedSampler)
+        loader = sampler = data.train_loader(ctx.rank, ctx.world_size, per_rank, trial.seed, views)
+    else:
+        # SCL views use the contrastive augmentation (colour jitter, grayscale) when the
+        # dataset has one; every dataset[i] call draws a fresh augmentation
+        train_set = (
+            data.train if views == 1 else MultiView(data.train_contrastive or data.train, views)
+        )
+        sampler = DistributedSampler(
+            train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=trial.seed
+        )
+        loader = DataLoader(
+            train_set,
+            batch_size=per_rank,
+            sampler=sampler,
+            drop_last=True,
+            pin_memory=use_gpu,
+            num_workers=trial.dataset.num_workers,
+            persistent_workers=trial.dataset.num_workers > 0,
+        )
     if len(loader) == 0:
         raise ValueError(
-            f"batch_size {trial.batch_size} is larger than the training set ({len(train_set)})"
+            f"batch_size {trial.batch_size} is larger than the training set "
+            f"({len(data.train)} samples); lower grid.batch_size"
         )
     ev = trial.evaluation
     train_eval = shard_loader(data.train_eval, ctx.rank, ctx.world_size, ev.eval_batch_size)

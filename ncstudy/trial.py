@@ -16,17 +16,21 @@ from ncstudy.spec import TrialSpec
 
 
 def uses_train(trial: TrialSpec) -> bool:
-    """Whether the trial runs on a Ray Train worker group (else: in the Tune process)."""
+    """Whether the trial runs on a Ray Train worker group (else: in the Tune process).
+    UFM trials always run in the Tune process."""
+    if trial.ufm is not None:
+        return False
     r = trial.resources
     return r.workers_per_trial > 1 or not r.single_worker_fastpath
 
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function: find or create the child run, train, and end the run with its status."""
-    trial = TrialSpec.model_validate(config["trial"])
+    trial = trial_of(config)
     env = config["env"]
     mlf = tracking.client(env["tracking_uri"])
     run_id = tracking.ensure_child_run(mlf, env["experiment_id"], env["parent_run_id"], trial)
+    mlf.set_tag(run_id, "ncstudy.node_id", _node_id())
     run = {"tracking_uri": env["tracking_uri"], "run_id": run_id}
     try:
         final = (
@@ -41,12 +45,24 @@ def run_trial(config: dict[str, Any]) -> None:
         tracking.finish_run(mlf, run_id, "FINISHED")
 
 
+def trial_of(config: dict[str, Any]) -> TrialSpec:
+    """The resolved trial of a Tune config: a grid trial, or a point sampled by a search."""
+    if "trial" in config:
+        return TrialSpec.model_validate(config["trial"])
+    from ncstudy.search import trial_from_point
+    from ncstudy.spec import StudySpec
+
+    study = StudySpec.model_validate(config["study"])
+    return trial_from_point(study, config["loss_index"], config["point"])
+
+
 def _train_here(trial: TrialSpec, run: dict[str, Any]) -> dict[str, Any]:
     from ncstudy.context import TuneContext
     from ncstudy.train import train_loop
+    from ncstudy.ufm.runner import ufm_loop
 
     ctx = TuneContext()
-    train_loop(trial, ctx, run)
+    (ufm_loop if trial.ufm is not None else train_loop)(trial, ctx, run)
     return ctx.reports[-1] if ctx.reports else {}
 
 
@@ -84,6 +100,13 @@ def _train_with_ray_train(
     )
     result = trainer.fit()
     return dict(result.metrics or {})
+
+
+def _node_id() -> str:
+    """The Ray node this trial's Tune process runs on (its workers may be elsewhere)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _reason(err: BaseException) -> str:

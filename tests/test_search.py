@@ -110,7 +110,7 @@ def test_pruned_search_interrupt_and_resume(tmp_path: Path) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
-        if (out / "opt" / "optuna.db").exists():
+        if (out / "opt" / "tune-normface").exists():  # stores created by the driver
             done = [t for t in optuna_trials() if t.state.is_finished()]
             if len(done) >= 2:
                 break

@@ -117,6 +117,11 @@ BAD = [
         {"losses": [{"name": "etf_dr"}], "model": {"feature_dim": 4}},
         "losses[0] (etf_dr)",
     ),
+    ({"resources": {"workers_per_trial": 3}}, "cannot be split over"),
+    (
+        {"model": {"sync_bn": True}, "resources": {"workers_per_trial": 2}},
+        "SyncBatchNorm runs on GPU workers",
+    ),
 ]
 
 

@@ -95,12 +95,13 @@ def test_interrupt_then_resume_finishes_every_trial_once(tmp_path: Path) -> None
     )
     keys = ["ce-b64-lr1e+09-s0", "ce-b64-lr0.1-s0", "ce-b64-lr0.2-s0"]
     proc = cli(str(path))
-    db = tmp_path / "runs" / "mlflow.db"
     deadline = time.time() + 300
     # interrupt once the NaN trial has failed and the second trial has logged a few epochs
     while time.time() < deadline:
         time.sleep(2)
-        if db.exists() and proc.poll() is None:
+        # the Tune folder appears after the driver has created the MLflow store: opening the
+        # store earlier would race the driver's schema creation
+        if (tmp_path / "runs" / "resume" / "tune").exists() and proc.poll() is None:
             mlf, _, children = runs_of(tmp_path, "resume")
             second = [r for r in children if r.info.run_name == keys[1]]
             if second and second[0].data.metrics.get("epoch", 0) >= 10:
