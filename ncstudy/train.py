@@ -309,7 +309,7 @@ def _summary(
 
 def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:
     """What Tune sees: the scalar metrics (its result logs stay small) plus the status."""
-    keep = ("epoch", "train/", "val/", "test/acc1", "best/", "final/", "status", "reason")
+    keep = ("epoch", "train/", "val/", "test/acc1", "best/", "final/", "perf/", "status", "reason")
     return {k: v for k, v in metrics.items() if k.startswith(keep)}
 
 
