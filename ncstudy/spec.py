@@ -530,6 +530,18 @@ def check_ufm_loss(name: str, params: dict[str, Any], ufm: UFMSpec) -> None:
             f"ufm.variant {ufm.variant} takes the losses {', '.join(allowed)}; "
             f"use ufm.variant: {other} for {name!r}"
         )
+    if name == "supcon":
+        if params.get("projection") != "none":
+            raise ValueError(
+                "supcon in the UFM acts on the free features themselves: set "
+                "params: {projection: none}"
+            )
+        views = int(params.get("views", 2))
+        if (ufm.K * ufm.n_per_class) % views:
+            raise ValueError(
+                f"supcon stacks its {views} views over the K*n_per_class = "
+                f"{ufm.K * ufm.n_per_class} free features: make that a multiple of {views}"
+            )
     if ufm.log_loss and name not in POSITIVE_LOSSES:
         raise ValueError(
             f"ufm.log_loss needs a positive loss ({', '.join(POSITIVE_LOSSES)}); "

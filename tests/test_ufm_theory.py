@@ -108,6 +108,25 @@ def test_simplex_etf_geometry_and_minimum_value(name: str) -> None:
     assert p.accuracy() == 1.0
 
 
+def test_supcon_collapses_to_a_simplex_etf() -> None:
+    """Graf et al. 2021: balanced SupCon on the sphere (d >= K-1) is minimised by within-class
+    collapse onto a simplex ETF."""
+    K, d, n, tau = 4, 5, 4, 0.5
+    crit = build_loss(
+        "supcon", {"temperature": tau, "projection": "none"}, feature_dim=d, num_classes=K
+    )
+    p = SphericalUFM(crit, balanced_labels(K, n), d, seed=0)
+    p.run(400)
+    means = torch.stack([p.features[p.labels == k].mean(0) for k in range(K)])
+    assert torch.allclose(
+        off_diagonal_cosines(means),
+        torch.full((K * (K - 1),), -1 / (K - 1), dtype=means.dtype),
+        atol=1e-3,
+    )
+    within = (p.features - means[p.labels] / means[p.labels].norm(dim=1, keepdim=True)).norm(dim=1)
+    assert float(within.max()) < 1e-2
+
+
 def test_log_loss_reaches_the_bound_at_a_sharp_temperature() -> None:
     K, d, n, tau = 4, 5, 3, 0.05
     bound = math.log1p((K - 1) * math.exp(-K / ((K - 1) * tau)))  # about 8e-12

@@ -8,6 +8,8 @@ ncstudy.evaluate.probes.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -31,6 +33,9 @@ class SupConParams(PoolParams, TemperatureParams):
     """SupCon: temperature, views, projection head and the negative pool."""
 
     views: int = Field(2, ge=2, description="augmented views per image (V >= 2)")
+    projection: Literal["mlp", "none"] = Field(
+        "mlp", description="Linear-ReLU-Linear head, or none: the loss acts on h itself (UFM)"
+    )
     projection_dim: int = Field(128, ge=1, description="output size of the projection head")
     projection_hidden_dim: int | None = Field(
         None, ge=1, description="hidden size of the projection head (default: feature_dim)"
@@ -70,13 +75,18 @@ class SupConLoss(FixedPrototypeClassifier, NCLoss):
         self.num_classes = num_classes
         hidden = params.projection_hidden_dim or feature_dim
         gen = seeded_generator(seed, stream=3)
-        self.projector = nn.Sequential(
-            seeded_linear(feature_dim, hidden, gen),
-            nn.ReLU(),
-            seeded_linear(hidden, params.projection_dim, gen),
+        out_dim = params.projection_dim if params.projection == "mlp" else feature_dim
+        self.projector: nn.Module = (
+            nn.Sequential(
+                seeded_linear(feature_dim, hidden, gen),
+                nn.ReLU(),
+                seeded_linear(hidden, params.projection_dim, gen),
+            )
+            if params.projection == "mlp"
+            else nn.Identity()
         )
-        self.queue = EmbeddingQueue(params.queue_size, params.projection_dim)
-        self._init_prototypes(num_classes, params.projection_dim)
+        self.queue = EmbeddingQueue(params.queue_size, out_dim)
+        self._init_prototypes(num_classes, out_dim)
 
     def embed(self, h: Tensor) -> Tensor:
         """Projection-head output (not normalised)."""

@@ -12,7 +12,7 @@ from ncstudy.ufm.problem import UFMProblem
 
 # Losses with a sphere geometry: normalised classifiers and the contrastive class-to-instance
 # and prototype losses (whole sample set as one batch).
-SPHERICAL_LOSSES = ("normface", "ntce", "nonl", "nonl_instance", "prototype")
+SPHERICAL_LOSSES = ("normface", "ntce", "nonl", "nonl_instance", "prototype", "supcon")
 # Losses whose value is positive (the positive term is in the denominator): log_loss is safe.
 POSITIVE_LOSSES = ("normface", "ntce")
 
