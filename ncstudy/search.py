@@ -19,6 +19,13 @@ class PruningOptunaSearch(OptunaSearch):
     as COMPLETE with their last value) and NaN-failed trials as FAIL, so the Optuna study and
     its dashboard say what happened."""
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """The sampled point, plus its Optuna trial number (it names the trial's run)."""
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config = {**config, "optuna_trial": self._ot_trials[trial_id].number}
+        return config
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:

@@ -46,14 +46,17 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def trial_of(config: dict[str, Any]) -> TrialSpec:
-    """The resolved trial of a Tune config: a grid trial, or a point sampled by a search."""
+    """The resolved trial of a Tune config: a grid trial, or a point sampled by a search.
+    A search may sample the same point twice (TPE does), so a search trial's key ends with its
+    Optuna trial number (`-o3`): stable across --resume, unique within the search."""
     if "trial" in config:
         return TrialSpec.model_validate(config["trial"])
     from ncstudy.search import trial_from_point
     from ncstudy.spec import StudySpec
 
     study = StudySpec.model_validate(config["study"])
-    return trial_from_point(study, config["loss_index"], config["point"])
+    trial = trial_from_point(study, config["loss_index"], config["point"])
+    return trial.model_copy(update={"key": f"{trial.key}-o{config['optuna_trial']}"})
 
 
 def _train_here(trial: TrialSpec, run: dict[str, Any]) -> dict[str, Any]:

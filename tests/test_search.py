@@ -114,7 +114,7 @@ def test_pruned_search_interrupt_and_resume(tmp_path: Path) -> None:
             done = [t for t in optuna_trials() if t.state.is_finished()]
             if len(done) >= 2:
                 break
-    assert proc.poll() is None, "the search ended before it could be interrupted"
+    assert proc.poll() is None, "the search ended before it could be interrupted: " + (proc.stdout.read() if proc.stdout else "")
     proc.send_signal(signal.SIGINT)
     first, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, first
@@ -137,8 +137,9 @@ def test_pruned_search_interrupt_and_resume(tmp_path: Path) -> None:
         r for r in mlf.search_runs([exp.experiment_id]) if r.data.tags["ncstudy.role"] == "trial"
     ]
     keys = [r.data.tags["ncstudy.trial_key"] for r in children]
-    assert len(keys) == len(set(keys)) >= 5  # one run per trial key (an interrupted trial
-    # resumes its own run, so there are exactly as many runs as sampled points)
+    # one run per Optuna trial (an interrupted trial resumes its own run; a point sampled
+    # twice is two runs, `-o<n>` keys), so exactly as many runs as trials
+    assert len(keys) == len(set(keys)) == 5 and all("-o" in k for k in keys)
     assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
     for run in children:
         if run.info.status == "KILLED":
