@@ -285,6 +285,62 @@ def _evaluate(
         # SCL: fixed prototypes (fp) are the loss's own rule; lp and nlp are trained probes
         out["val/fp_acc1"], out["test/fp_acc1"] = out["val/acc1"], out["test/acc1"]
         out.update(probe_accuracies(enc, loaders, num_classes, device, ev.probes, trial.seed))
+    if epoch == trial.train.epochs:  # downstream evaluations (issue #9): final epoch only
+        from ncstudy.data import transforms as tf
+        from ncstudy.evaluate.corruptions import corruption_errors
+        from ncstudy.evaluate.longtail import (
+            is_imbalanced,
+            longtail_accuracies,
+            shard_class_counts,
+        )
+        from ncstudy.evaluate.transfer import transfer_accuracies
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if ev.longtail.enabled:
+            counts = shard_class_counts(loaders["train"], num_classes, device)
+            if is_imbalanced(counts):
+                out.update(
+                    longtail_accuracies(enc, crit, device, ev.longtail, loaders["test"], counts)
+                )
+        name = trial.dataset.name
+        stats = (
+            tf.CIFAR100_STATS
+            if name.startswith("cifar100")
+            else tf.CIFAR10_STATS
+            if name.startswith("cifar10")
+            else tf.IMAGENET_STATS
+        )
+        test_set = loaders["test"].dataset.dataset  # the full test set under the rank's Subset
+        if ev.transfer is not None:
+            size = ev.transfer.image_size or int(test_set[0][0].shape[-1])
+            out.update(
+                transfer_accuracies(
+                    enc,
+                    crit,
+                    device,
+                    ev.transfer,
+                    image_size=size,
+                    stats=stats,
+                    rank=rank,
+                    world_size=world,
+                    batch_size=ev.eval_batch_size,
+                    seed=trial.seed,
+                )
+            )
+        if ev.corruptions is not None:
+            out.update(
+                corruption_errors(
+                    enc,
+                    crit,
+                    device,
+                    ev.corruptions,
+                    test_set,
+                    rank,
+                    world,
+                    ev.eval_batch_size,
+                    imagenet=name == "imagenet",
+                )
+            )
     return out
 
 

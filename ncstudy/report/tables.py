@@ -345,6 +345,7 @@ def drop_single_setting(frame: pd.DataFrame) -> pd.DataFrame:
 
 def all_tables(trials: pd.DataFrame) -> list[Table]:
     """Every table of the report, in reading order."""
+    from ncstudy.report.downstream_tables import downstream_tables
     from ncstudy.report.nc_tables import convergence, nc_final, nc_trials
 
     return [
@@ -358,4 +359,5 @@ def all_tables(trials: pd.DataFrame) -> list[Table]:
         nc_final(trials),
         convergence(trials),
         nc_trials(trials),
+        *downstream_tables(trials),
     ]
