@@ -107,28 +107,29 @@ def optuna_storage_url(study_dir: Path) -> str:
     return f"sqlite:///{study_dir.resolve()}/optuna.db"
 
 
+def make_sampler(search: SearchSpec, loss: LossSpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler the search names, seeded."""
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=search.seed)
+    # Tune's grid_search is rejected by OptunaSearch: Optuna's GridSampler instead
+    space = {f"point/{k}": v for k, v in loss_space(search, loss).items()}
+    return optuna.samplers.GridSampler(space, seed=search.seed)
+
+
 def make_searcher(study: StudySpec, loss: LossSpec, study_dir: Path) -> Any:
     """Ray Tune's OptunaSearch over an Optuna study kept in `<study_dir>/optuna.db`."""
     search = study.search
     assert search is not None
-    sampler: optuna.samplers.BaseSampler
-    if search.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=search.seed)
-    elif search.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=search.seed)
-    elif search.sampler == "cmaes":
-        sampler = optuna.samplers.CmaEsSampler(seed=search.seed)
-    else:  # Tune's grid_search is rejected by OptunaSearch: Optuna's GridSampler instead
-        sampler = optuna.samplers.GridSampler(
-            {f"point/{k}": v for k, v in loss_space(search, loss).items()}, seed=search.seed
-        )
-    storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir))
     return PruningOptunaSearch(
         metric=search.metric,
         mode=search.mode,
-        sampler=sampler,
+        sampler=make_sampler(search, loss),
         study_name=f"{study.name}-{loss.name}",
-        storage=storage,
+        storage=optuna.storages.RDBStorage(optuna_storage_url(study_dir)),
     )
 
 

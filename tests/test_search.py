@@ -72,6 +72,37 @@ def test_a_sampled_point_resolves_to_a_full_trial() -> None:
     assert trial.seed == 7 and trial.lr == pytest.approx(0.1 * 64 / 256)
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid"])
+def test_every_sampler_drives_an_optuna_study(sampler: str) -> None:
+    from ncstudy.search import make_sampler
+
+    space = (
+        {"temperature": [0.1, 0.2, 0.5], "train.lr": [0.1, 0.3]}
+        if sampler == "grid"
+        else {"temperature": {"low": 0.05, "high": 1.0, "log": True}, "train.lr": [0.1, 0.3]}
+    )
+    spec = parse_study(
+        study(sampler=sampler, n_trials=None if sampler == "grid" else 6, space=space)
+    )
+    loss = spec.losses[1]
+    ot = optuna.create_study(sampler=make_sampler(spec.search, loss), direction="minimize")
+
+    def objective(trial: optuna.Trial) -> float:
+        t = (
+            trial.suggest_float("point/temperature", 0.05, 1.0, log=True)
+            if sampler != "grid"
+            else (trial.suggest_categorical("point/temperature", [0.1, 0.2, 0.5]))
+        )
+        lr = trial.suggest_categorical("point/train.lr", [0.1, 0.3])
+        return (t - 0.2) ** 2 + lr
+
+    ot.optimize(objective, n_trials=n_trials(spec.search, loss))
+    assert len(ot.trials) == 6
+    if sampler == "grid":  # every grid point exactly once
+        points = {(t.params["point/temperature"], t.params["point/train.lr"]) for t in ot.trials}
+        assert len(points) == 6
+
+
 @pytest.mark.slow
 def test_pruned_search_interrupt_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "runs"
@@ -114,7 +145,9 @@ def test_pruned_search_interrupt_and_resume(tmp_path: Path) -> None:
             done = [t for t in optuna_trials() if t.state.is_finished()]
             if len(done) >= 2:
                 break
-    assert proc.poll() is None, "the search ended before it could be interrupted: " + (proc.stdout.read() if proc.stdout else "")
+    assert proc.poll() is None, "the search ended before it could be interrupted: " + (
+        proc.stdout.read() if proc.stdout else ""
+    )
     proc.send_signal(signal.SIGINT)
     first, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, first
