@@ -60,7 +60,14 @@ def _load(checkpoint: Any) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        return load_state_file(Path(d) / CHECKPOINT_FILE)
+
+
+def load_state_file(path: Path) -> dict[str, Any]:
+    """A checkpoint's state dict. `weights_only=True`: tensors, numbers, strings and containers
+    only, so a checkpoint in shared storage cannot run code when it is loaded (the states the
+    worker loops save are made of nothing else)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class RayTrainContext(WorkerContext):
@@ -103,7 +110,7 @@ class LocalContext(WorkerContext):
     def load_state(self) -> dict[str, Any] | None:
         if self.checkpoint_dir is None or not (self.checkpoint_dir / CHECKPOINT_FILE).exists():
             return None
-        return torch.load(self.checkpoint_dir / CHECKPOINT_FILE, weights_only=False)
+        return load_state_file(self.checkpoint_dir / CHECKPOINT_FILE)
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is not None and self.checkpoint_dir is not None:

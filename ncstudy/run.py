@@ -1,15 +1,18 @@
 """`python -m ncstudy.run STUDY.yaml`: validate, expand, run every trial, print the summary.
 
 Exit codes: 0 all trials finished; 1 some trial failed; 2 the study could not start (bad YAML,
-existing study without --resume, unwritable output folder); 130 interrupted (resume later with
---resume).
+existing study without --resume, edited study with --resume, no trial fits, unwritable output
+folder); 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (`ray job stop`, a pod
+eviction): resume later with --resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ncstudy.spec import SpecError, StudySpec, TrialSpec, expand, load_study
 
@@ -40,13 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def trial_table(trials: Sequence[TrialSpec]) -> str:
-    """The --dry-run table: one line per trial."""
+def trial_table(
+    trials: Sequence[TrialSpec], train_overrides: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """The --dry-run table: one line per trial. `train_overrides` (loss -> its `train:` fields)
+    adds each loss's own recipe fields to the last column (lr has its own)."""
+    train_overrides = train_overrides or {}
     header = f"{'trial':<32} {'loss':<10} {'tau':>6} {'batch':>6} {'seed':>5} {'lr':>9}  axes"
     lines = [header, "-" * len(header)]
     for t in trials:
         tau = "-" if t.temperature is None else f"{t.temperature:g}"
-        axes = " ".join(f"{k}={v}" for k, v in t.axes.items())
+        own = {f"train.{k}": v for k, v in train_overrides.get(t.loss, {}).items() if k != "lr"}
+        axes = " ".join(f"{k}={v}" for k, v in {**t.axes, **own}.items())
         lines.append(
             f"{t.key:<32} {t.loss:<10} {tau:>6} {t.batch_size:>6} {t.seed:>5} {t.lr:>9.4g}  {axes}"
         )
@@ -76,6 +84,33 @@ def search_table(study: StudySpec) -> str:
     return "\n".join(lines)
 
 
+class _Stop:
+    """SIGTERM stops a study the way Ctrl-C does: Ray Tune's SIGINT handler (during a run) ends
+    the trials and saves the experiment, otherwise KeyboardInterrupt; either way the runs end
+    KILLED and the study can be resumed."""
+
+    received = False
+
+    @classmethod
+    def on_sigterm(cls, signum: int, frame: object) -> None:
+        cls.received = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)  # Tune's handler, or Python's KeyboardInterrupt
+        else:  # SIGINT ignored (a background job): interrupt all the same
+            raise KeyboardInterrupt
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM behave like Ctrl-C for the rest of this process (signal handlers can only
+    be installed from the main thread; elsewhere this does nothing)."""
+    import threading
+
+    _Stop.received = False
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _Stop.on_sigterm)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -86,30 +121,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         study: StudySpec = load_study(args.study, overrides)
         trials = expand(study)
         if args.dry_run:
-            print(trial_table(trials) if study.search is None else search_table(study))
+            overrides = {loss.name: loss.train for loss in study.losses}
+            print(trial_table(trials, overrides) if study.search is None else search_table(study))
             return 0
         from ncstudy.cluster import resolve_address
 
         address = resolve_address(args.address)
+        if address is None:  # local: the data is here, check every path before Ray starts
+            from ncstudy.data.preflight import check_study_data
+
+            check_study_data(study)
+        else:
+            print("data paths are checked on the workers (cluster mode)", flush=True)
         what = f"{len(trials)} trials" if study.search is None else "an Optuna search per loss"
         print(f"study '{study.name}': {what} -> {study.study_dir}", flush=True)
+        install_sigterm_handler()
         rows = run_study(study, resume=args.resume, address=address, storage_path=args.storage_path)
     except (SpecError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: resume with  python -m ncstudy.run {args.study} --resume",
-            file=sys.stderr,
-        )
-        return 130
+        how = "stopped (SIGTERM)" if _Stop.received else "interrupted"
+        print(f"\n{how}: resume with  python -m ncstudy.run {args.study} --resume", file=sys.stderr)
+        return 143 if _Stop.received else 130
     print()
     print(format_summary(rows))
     print(f"\nbrowse the runs:  {mlflow_ui_command(StudyPaths.of(study, args.storage_path))}")
     if study.search is not None:
-        from ncstudy.search import optuna_storage_url
+        from ncstudy.search import dashboard_command
 
-        print(f"optuna study:  optuna-dashboard {optuna_storage_url(study.study_dir)}")
+        print(f"optuna study:  {dashboard_command(study.study_dir)}")
     # pruned search trials end KILLED by design; only failures make the exit code 1
     return 1 if any(r.status in ("FAILED", "NOT STARTED") for r in rows) else 0
 

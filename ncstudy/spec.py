@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,9 +52,7 @@ class DatasetSpec(Strict):
         if self.name.endswith("_lt") and self.imbalance_ratio is None:
             raise ValueError(f"imbalance_ratio: {self.name} needs one (n_min / n_max, e.g. 0.01)")
         if self.loader == "ffcv":
-            from ncstudy.data.ffcv_loader import require_ffcv
-
-            require_ffcv(import_it=False)  # importing FFCV (numba) costs seconds
+            # the YAML's own mistakes first, so they are reported with or without the extra
             if self.name == "digits":
                 raise ValueError("loader: ffcv serves image datasets; use torchvision")
             if self.beton_dir is None:
@@ -61,6 +60,9 @@ class DatasetSpec(Strict):
                     "beton_dir: loader: ffcv needs the folder of the .beton files "
                     "(write them with `python -m data_prep.write_beton`)"
                 )
+            from ncstudy.data.ffcv_loader import require_ffcv
+
+            require_ffcv(import_it=False)  # importing FFCV (numba) costs seconds
         return self
 
     @field_validator("name")
@@ -75,8 +77,12 @@ class DatasetSpec(Strict):
 
 class ModelSpec(Strict):
     name: str = "small_cnn"
-    feature_dim: int = Field(64, ge=2)
-    width: int = Field(32, ge=1)
+    feature_dim: int | None = Field(
+        None, ge=2, description="encoder output size; default: the pooled width (no bottleneck)"
+    )
+    width: int | None = Field(
+        None, ge=1, description="first-stage channels; default: the model's standard (ResNets 64)"
+    )
     sync_bn: bool = Field(False, description="SyncBatchNorm across GPU workers (DDP on CUDA)")
 
     @field_validator("name")
@@ -88,6 +94,17 @@ class ModelSpec(Strict):
             valid = ", ".join([*list_models(), UFM_MODEL])
             raise ValueError(f"unknown model {name!r}; valid: {valid}")
         return name
+
+    @model_validator(mode="after")
+    def _model_defaults(self) -> ModelSpec:
+        # Per-model defaults (resnet50: width 64, feature_dim 2048), filled in but not marked as
+        # set, so a `model.name` grid axis re-derives them for each model.
+        if self.name != UFM_MODEL:
+            from ncstudy.models import model_dims
+
+            width, feature_dim = model_dims(self.name, self.width, self.feature_dim)
+            self.__dict__.update(width=width, feature_dim=feature_dim)
+        return self
 
 
 class TrainSpec(Strict):
@@ -126,10 +143,19 @@ class LossSpec(Strict):
     temperatures: list[float] | None = Field(
         None, description="this loss's temperatures, replacing grid.temperature"
     )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this loss's `train:` fields, merged over the study's (e.g. SupCon's lr)",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _check_train_override(values)
 
     @model_validator(mode="after")
     def _check(self) -> LossSpec:
-        from ncstudy.losses import list_losses, loss_params_model, takes_temperature
+        from ncstudy.losses import list_losses, takes_temperature, validate_loss_params
 
         if self.name not in list_losses():
             raise ValueError(f"unknown loss {self.name!r}; valid: {', '.join(list_losses())}")
@@ -138,14 +164,13 @@ class LossSpec(Strict):
                 "params.temperature: temperatures come from grid.temperature (or this loss's "
                 "`temperatures:` list), not from params"
             )
-        model = loss_params_model(self.name)
         probe = dict(self.params)
         if takes_temperature(self.name):
             probe["temperature"] = 1.0
-        try:
-            model.model_validate(probe)
-        except ValidationError as err:
-            raise ValueError(f"params of loss {self.name!r}: {_first_error(err)}") from None
+        try:  # the registry's message names the field and lists the valid parameters
+            validate_loss_params(self.name, probe, hidden=("temperature",))
+        except ValueError as err:
+            raise ValueError(f"params: {err}") from None
         if self.temperatures is not None:
             if not takes_temperature(self.name):
                 raise ValueError(f"loss {self.name!r} has no temperature; remove `temperatures`")
@@ -206,6 +231,28 @@ class ProbeSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(0.1, gt=0, description="nlp's NormFace temperature")
     batch_size: int = Field(256, ge=1)
+    milestones: list[int] = Field(
+        default_factory=list, description="epochs after which the lr is multiplied by lr_decay"
+    )
+    lr_decay: float = Field(0.2, gt=0, le=1, description="step-decay factor at each milestone")
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, values: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(values, values[1:], strict=False)) or any(
+            v < 1 for v in values
+        ):
+            raise ValueError(f"must be increasing epochs >= 1, e.g. [60, 75, 90]; got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _milestones_fit(self) -> ProbeSpec:
+        if self.milestones and self.milestones[-1] >= self.epochs:
+            raise ValueError(
+                f"milestones: {self.milestones[-1]} is not before the last epoch "
+                f"({self.epochs}); drop it or raise probes.epochs"
+            )
+        return self
 
 
 DOWNSTREAM_DATASETS = (
@@ -220,13 +267,30 @@ CORRUPTIONS = (
 
 
 class DownstreamDatasetSpec(Strict):
-    """One transfer dataset: a name of the downstream registry, where its files are."""
+    """One transfer dataset: a name of the downstream registry, where its files are (torchvision's
+    layout, or an ImageFolder tree root/train/<class>/* + root/test|val/<class>/*)."""
 
     name: str
     root: str | None = Field(None, description="folder of the files (ImageFolder: train/, test/)")
     download: bool = Field(False, description="torchvision download when root is empty")
     max_train: int | None = Field(None, ge=1, description="evenly spaced subset of the train split")
     max_test: int | None = Field(None, ge=1, description="evenly spaced subset of the test split")
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="its name in the metrics (transfer/<label>/acc1); default: the dataset name, "
+        "or the root folder's name for imagefolder",
+    )
+
+    @property
+    def key(self) -> str:
+        """The metric name: `label`, else the dataset name (imagefolder: its folder's name)."""
+        if self.label is not None:
+            return self.label
+        if self.name == "imagefolder" and self.root is not None:
+            folder = Path(self.root).expanduser().name
+            return re.sub(r"[^A-Za-z0-9_.-]+", "_", folder).lstrip("_.-") or "imagefolder"
+        return self.name
 
     @field_validator("name")
     @classmethod
@@ -255,6 +319,17 @@ class TransferSpec(Strict):
     batch_size: int = Field(256, ge=1)
     image_size: int | None = Field(None, ge=4, description="default: the trial's input size")
     reference_loss: str = Field("ce", description="the report's relative change is against it")
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> TransferSpec:
+        keys = [d.key for d in self.datasets]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise ValueError(
+                    f"datasets[{i}]: its metrics would be transfer/{key}/..., as those of "
+                    f"datasets[{keys.index(key)}]; give each a distinct `label`"
+                )
+        return self
 
 
 class LongTailEvalSpec(Strict):
@@ -301,12 +376,34 @@ class CorruptionSpec(Strict):
         return levels
 
 
+class ConvergenceSpec(Strict):
+    """The convergence clock (spec/metrics.md, "Convergence speed")."""
+
+    ewma_alpha: float = Field(0.1, gt=0, le=1, description="EWMA smoothing of the closeness")
+    reference_loss: str = Field(
+        "ce", description="steps_to_ref: the loss whose trial (same seed) is the reference"
+    )
+
+    @field_validator("reference_loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from ncstudy.losses import list_losses
+
+        if name not in list_losses():
+            raise ValueError(f"unknown loss {name!r}; valid: {', '.join(list_losses())}")
+        return name
+
+
 class EvaluationSpec(Strict):
     probes: ProbeSpec = Field(default_factory=ProbeSpec)
     transfer: TransferSpec | None = None
     longtail: LongTailEvalSpec = Field(default_factory=LongTailEvalSpec)
     corruptions: CorruptionSpec | None = None
-    every: int = Field(1, ge=1, description="epochs between evaluations (and checkpoints)")
+    every: int = Field(1, ge=1, description="epochs between evaluations")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="epochs between checkpoints; default: at every evaluation"
+    )
+    convergence: ConvergenceSpec = Field(default_factory=ConvergenceSpec)
     nc_metrics: bool = True
     nc_on_test: bool = False
     max_intra_classes: int = Field(100, ge=1)
@@ -373,6 +470,11 @@ class RangeSpec(Strict):
 
 
 SEARCHABLE = ("temperature", "batch_size", "train.", "loss.")
+# The metrics in every epoch's report to Ray Tune (train.py, ufm/runner.py), and which way is
+# better: the only ones a search may select and prune on. Tune stops the whole study at the
+# first report without the search metric; `nc/*` never reaches Tune, `best/*`, `final/*` and
+# the probe accuracies only at some epochs.
+SEARCH_METRICS = {"val/acc1": "max", "train/acc1": "max", "train/loss": "min"}
 
 
 class SearchSpec(Strict):
@@ -410,7 +512,58 @@ class SearchSpec(Strict):
             raise ValueError("space.batch_size: give a list of batch sizes (categorical)")
         if self.sampler != "grid" and self.n_trials is None:
             raise ValueError(f"n_trials: the {self.sampler} sampler needs a number of trials")
+        self._check_metric()
         return self
+
+    def _check_metric(self) -> None:
+        choices = ", ".join(SEARCH_METRICS)
+        if self.metric.startswith("test/"):
+            raise ValueError(
+                f"metric: {self.metric} is measured on the test set; selecting or pruning on it "
+                "makes the reported test accuracy a biased estimate (model selection never "
+                f"looks at the test set); use val/acc1 (or one of {choices})"
+            )
+        if self.metric not in SEARCH_METRICS:
+            raise ValueError(
+                f"metric: {self.metric!r} is not in every epoch's report to Ray Tune (Tune "
+                f"stops the study at the first report without it); use one of {choices}"
+            )
+        better = SEARCH_METRICS[self.metric]
+        if self.mode != better:
+            word = "higher" if better == "max" else "lower"
+            raise ValueError(f"mode: {self.metric} is better {word}; set mode: {better}")
+
+
+def _check_search_metric(study: StudySpec) -> None:
+    """The search metric must be in every epoch's report of every trial the search runs. UFM
+    trials report val/acc1, train/acc1 and train/loss at every report."""
+    from ncstudy.losses.registry import predicts_with_class_means
+
+    search = study.search
+    if search is None or study.ufm is not None:
+        return
+    if search.metric == "val/acc1" and study.dataset.val_fraction == 0:
+        raise ValueError(
+            "search.metric: val/acc1 needs a validation split, but dataset.val_fraction is 0; "
+            "set it > 0 (e.g. 0.15) or search on train/loss"
+        )
+    for i, loss in enumerate(study.losses):
+        if not predicts_with_class_means(loss.name):
+            continue
+        # its classifier is the class means of an evaluation pass (train.py): no running
+        # training accuracy, and a validation accuracy only at evaluation epochs
+        where = f"losses[{i}] ({loss.name}) predicts with class-mean prototypes"
+        if search.metric == "train/acc1":
+            raise ValueError(
+                f"search.metric: {where}, so it has no per-epoch train/acc1; search on "
+                "val/acc1 (with evaluation.every: 1) or train/loss"
+            )
+        if search.metric == "val/acc1" and study.evaluation.every != 1:
+            raise ValueError(
+                f"evaluation.every: {where}, which exist only after an evaluation, so it "
+                f"reports val/acc1 only every {study.evaluation.every} epochs and the search "
+                "needs it at every epoch; set evaluation.every: 1 or search.metric: train/loss"
+            )
 
 
 class StudySpec(Strict):
@@ -449,10 +602,13 @@ class StudySpec(Strict):
         from ncstudy.data.registry import dataset_num_classes
         from ncstudy.losses import check_loss_compat
 
+        _check_loss_train(self)
+        _check_search_metric(self)
         if self.model.name == UFM_MODEL or self.ufm is not None:
             for path, values in self.grid.axes.items():
                 _check_axis(self, path, values)
             _check_ufm_study(self)
+            _check_loss_values(self)
             return self
         r = self.resources
         if self.model.sync_bn and r.gpus_per_worker == 0 and r.workers_per_trial > 1:
@@ -477,6 +633,7 @@ class StudySpec(Strict):
                 raise ValueError(f"losses[{i}] ({loss.name}): {err}") from None
         for path, values in self.grid.axes.items():
             _check_axis(self, path, values)
+        _check_loss_values(self)
         return self
 
     @property
@@ -541,23 +698,53 @@ def parse_study(raw: dict[str, Any], source: str = "<study>") -> StudySpec:
 
 
 def _first_error(err: ValidationError) -> str:
-    """Format pydantic errors as 'field.path: message' lines."""
+    """Format pydantic errors as 'field.path: message' lines; an unknown field lists the
+    fields allowed where it stands."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field; check its spelling against the documented fields"
+            msg = _unknown_field(e["loc"])
         lines.append(f"{where}: {msg}")
     return "; ".join(lines)
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    """'unknown field; allowed: ...' (with the closest spelling) for the section at `loc`."""
+    import difflib
+
+    model: Any = StudySpec
+    for part in loc[:-1]:
+        if isinstance(part, int):  # a list index: the list's items are `model`
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = _section_model(field.annotation) if field is not None else None
+    if model is None:
+        return "unknown field; check its spelling against the documented fields"
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown field{hint}; allowed here: {', '.join(allowed)}"
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (X, X | None, list[X]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_temperatures(values: list[float]) -> list[float]:
     if not values:
         raise ValueError("the temperature list is empty; give at least one value")
-    bad = [v for v in values if not v > 0]
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
     if bad:
-        raise ValueError(f"temperatures must be > 0 (logits are cos/tau), got {bad}")
+        raise ValueError(f"temperatures must be finite and > 0 (logits are cos/tau), got {bad}")
     if len(set(values)) != len(values):
         raise ValueError(f"repeated temperatures in {values}")
     return values
@@ -571,6 +758,55 @@ _AXIS_SECTIONS: dict[str, type[Strict]] = {
 }
 # UFM trials: the whole sample set is one batch; at most this many reports per trial.
 UFM_MAX_REPORTS = 1000
+
+
+def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
+    """A loss's `train:` override: known TrainSpec fields (extra="forbid"), each value valid on
+    its own; the merged recipe is checked by `_check_loss_train`."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    fields = TrainSpec.model_fields
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"{key}: unknown field; valid: {', '.join(fields)} (as in `train:`)")
+        field = fields[key]
+        try:
+            out[key] = TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+        except ValidationError as err:
+            raise ValueError(f"{key}: {err.errors()[0]['msg']}") from None
+    return out
+
+
+def _check_loss_train(study: StudySpec) -> None:
+    """Each loss's `train:` merged over the study's must be a valid TrainSpec, and must not
+    also be varied by a grid axis or the search space (which value would win is unclear)."""
+    varied = set(study.grid.axes) | set(study.search.space if study.search else {})
+    for i, loss in enumerate(study.losses):
+        if not loss.train:
+            continue
+        where = f"losses[{i}] ({loss.name}).train"
+        if study.model.name == UFM_MODEL:
+            raise ValueError(f"{where}: UFM trials take their settings from `ufm:`; remove it")
+        clash = sorted(f"train.{k}" for k in loss.train if f"train.{k}" in varied)
+        if clash:
+            raise ValueError(
+                f"{where}: {clash[0]} is also a grid axis or search dimension; keep one of them"
+            )
+        if study.search is not None and loss.train.get("epochs", study.train.epochs) != (
+            study.train.epochs
+        ):
+            raise ValueError(
+                f"{where}.epochs: a search prunes every loss on the study's train.epochs "
+                f"({study.train.epochs}); set epochs in `train:` instead"
+            )
+        try:
+            TrainSpec.model_validate({**study.train.model_dump(exclude_unset=True), **loss.train})
+        except ValidationError as err:
+            reason = _first_error(err).removeprefix("(top level): ")
+            raise ValueError(f"{where}: {reason}") from None
 
 
 def _check_ufm_study(study: StudySpec) -> None:
@@ -618,7 +854,13 @@ def check_ufm_loss(name: str, params: dict[str, Any], ufm: UFMSpec) -> None:
     from ncstudy.ufm import REGULARIZED_LOSSES, SPHERICAL_LOSSES
     from ncstudy.ufm.spherical import POSITIVE_LOSSES
 
-    check_loss_compat(name, params, ufm.d, ufm.K)
+    parsed = check_loss_compat(name, params, ufm.d, ufm.K)
+    if getattr(parsed, "queue_size", 0) > 0:
+        raise ValueError(
+            "queue_size: the UFM optimises the whole sample set as one batch, so a queue would "
+            "add stale copies of the same free features to the pool (and every line-search "
+            "evaluation would push to it); set queue_size: 0"
+        )
     allowed = SPHERICAL_LOSSES if ufm.variant == "spherical" else REGULARIZED_LOSSES
     if name not in allowed:
         other = "regularized" if ufm.variant == "spherical" else "spherical"
@@ -656,7 +898,7 @@ def _check_axis(study: StudySpec, path: str, values: list[Any]) -> None:
 
         takers = [s.name for s in study.losses if field in loss_params_model(s.name).model_fields]
         if not field or field == "temperature" or not takers:
-            raise ValueError(f"{where}: no loss of this study has a parameter {field!r}")
+            raise ValueError(_no_such_loss_param(study, where, field))
         return
     if section not in _AXIS_SECTIONS or field not in _AXIS_SECTIONS[section].model_fields:
         raise ValueError(
@@ -671,6 +913,159 @@ def _check_axis(study: StudySpec, path: str, values: list[Any]) -> None:
             _AXIS_SECTIONS[section].model_validate({**base, field: v})
         except ValidationError as err:
             raise ValueError(f"{where}={v!r}: {_first_error(err)}") from None
+
+
+def _check_loss_values(study: StudySpec) -> None:
+    """Every value that a grid axis or a search space gives a loss (a `loss.<param>`, a searched
+    temperature, a `model.feature_dim`/dataset/ufm axis that changes d or K) passes the checks
+    of a plain loss entry, so a bad value stops the study here, not inside a Ray worker."""
+    from ncstudy.losses import loss_params_model
+
+    if study.search is not None:
+        _check_search_values(study)
+    targets = _loss_targets(study)
+    for i, loss in enumerate(study.losses):
+        fields = loss_params_model(loss.name).model_fields
+        for origin, entries in _loss_value_sources(study).items():
+            mine = {param: values for param, values in entries.items() if param in fields}
+            for combo in itertools.product(*mine.values()):
+                chosen = dict(zip(mine, combo, strict=True))
+                given = ", ".join(f"{origin}.loss.{f}={v!r}" for f, v in chosen.items())
+                given += ": " if given else ""
+                for context, check in targets:
+                    try:
+                        check(loss.name, {**loss.params, **chosen})
+                    except ValueError as err:
+                        raise ValueError(
+                            f"{given}losses[{i}] ({loss.name}){context}: {err}"
+                        ) from None
+
+
+def _loss_value_sources(study: StudySpec) -> dict[str, dict[str, list[Any]]]:
+    """The values each origin can give a loss parameter: grid axes (every combination runs)
+    and search-space choices or range endpoints."""
+    grid = {p[5:]: list(v) for p, v in study.grid.axes.items() if p.startswith("loss.")}
+    out = {"grid.axes": grid}
+    if study.search is not None:
+        out["search.space"] = {
+            p[5:]: d if isinstance(d, list) else [d.low, d.high]
+            for p, d in study.search.space.items()
+            if p.startswith("loss.")
+        }
+    return out
+
+
+def _loss_targets(study: StudySpec) -> list[tuple[str, Any]]:
+    """(context, check(name, params)) for every (d, K) or UFM problem the study's axes reach."""
+    from ncstudy.data.registry import dataset_num_classes
+    from ncstudy.losses import check_loss_compat
+
+    axes = study.grid.axes
+    if study.ufm is not None:
+        ufm_axes = {p: v for p, v in axes.items() if p.startswith("ufm.")}
+        base = study.ufm.model_dump(exclude_unset=True)
+        targets = []
+        for combo in itertools.product(*ufm_axes.values()):
+            values = {p.partition(".")[2]: v for p, v in zip(ufm_axes, combo, strict=True)}
+            ufm = UFMSpec.model_validate({**base, **values})
+            context = f" with {values}" if values else ""
+            targets.append((context, lambda n, p, u=ufm: check_ufm_loss(n, p, u)))
+        return targets
+    dims = axes.get("model.feature_dim", [study.model.feature_dim])
+    data_axes = {p: v for p, v in axes.items() if p.startswith("dataset.")}
+    base = study.dataset.model_dump(exclude_unset=True)
+    classes = {
+        dataset_num_classes(
+            DatasetSpec.model_validate(
+                {**base, **{p.partition(".")[2]: v for p, v in zip(data_axes, c, strict=True)}}
+            )
+        )
+        for c in itertools.product(*data_axes.values())
+    }
+    return [
+        (
+            f" with model.feature_dim={d}, {k} classes" if len(dims) * len(classes) > 1 else "",
+            lambda n, p, d=d, k=k: check_loss_compat(n, p, d, k),
+        )
+        for d in dims
+        for k in sorted(classes)
+    ]
+
+
+def _check_search_values(study: StudySpec) -> None:
+    """Search-space entries: every choice and range endpoint is a valid value of its field,
+    ranges only on real-valued fields (a sampled 3.7 is no queue size)."""
+    from ncstudy.losses import loss_params_model
+
+    assert study.search is not None
+    for path, dim in study.search.space.items():
+        where = f"search.space.{path}"
+        values = dim if isinstance(dim, list) else [dim.low, dim.high]
+        section, _, field = path.partition(".")
+        if path == "temperature":
+            bad = [v for v in values if not _positive_real(v)]
+            if bad:
+                raise ValueError(
+                    f"{where}: temperatures must be finite numbers > 0 (logits are cos/tau), "
+                    f"got {bad}"
+                )
+        elif path == "batch_size":
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            if bad:
+                raise ValueError(f"{where}: batch sizes must be integers >= 1, got {bad}")
+        elif section == "loss":
+            infos = [loss_params_model(s.name).model_fields.get(field) for s in study.losses]
+            infos = [info for info in infos if info is not None]
+            if field == "temperature" or not infos:
+                raise ValueError(_no_such_loss_param(study, where, field))
+            if not isinstance(dim, list) and not all(_takes_reals(i) for i in infos):
+                raise ValueError(
+                    f"{where}: a range samples real numbers, but {field} is not real-valued; "
+                    "give a list of values"
+                )
+        elif section == "train":
+            if field not in TrainSpec.model_fields:
+                raise ValueError(f"{where}: train has no field {field!r}")
+            if not isinstance(dim, list) and not _takes_reals(TrainSpec.model_fields[field]):
+                raise ValueError(
+                    f"{where}: a range samples real numbers, but train.{field} is not "
+                    "real-valued; give a list of values"
+                )
+            base = study.train.model_dump(exclude_unset=True)
+            for v in values:
+                try:
+                    TrainSpec.model_validate({**base, field: v})
+                except ValidationError as err:
+                    raise ValueError(f"{where}={v!r}: {_first_error(err)}") from None
+
+
+def _no_such_loss_param(study: StudySpec, where: str, field: str) -> str:
+    """The error of a `loss.<param>` axis or search entry that no loss of the study has."""
+    from ncstudy.losses import loss_params_model
+
+    params = {
+        s.name: [f for f in loss_params_model(s.name).model_fields if f != "temperature"]
+        for s in study.losses
+    }
+    valid = "; ".join(f"{name}: {', '.join(p) or 'none'}" for name, p in params.items())
+    return (
+        f"{where}: no loss of this study has a parameter {field!r} (the temperature is its own "
+        f"axis, `temperature`); the losses' parameters are {valid}"
+    )
+
+
+def _positive_real(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _takes_reals(info: Any) -> bool:
+    """Whether a pydantic field accepts real numbers (float, or float | None)."""
+    return float in (get_args(info.annotation) or (info.annotation,))
 
 
 def _fmt(value: Any) -> str:
@@ -740,11 +1135,13 @@ def resolve_trial(
     axes: dict[str, Any],
 ) -> TrialSpec:
     """One fully resolved trial: the study's sections with `axes` (dotted paths) applied."""
+    # model: only the fields the YAML set, so a model.name axis gets that model's defaults
     sections = {
-        s: getattr(study, s).model_dump(exclude_unset=s == "ufm")
+        s: getattr(study, s).model_dump(exclude_unset=s in ("ufm", "model"))
         for s in _AXIS_SECTIONS
         if getattr(study, s) is not None
     }
+    sections["train"].update(loss.train)  # the loss's own recipe (e.g. SupCon's lr)
     params = dict(loss.params)
     for path, value in axes.items():
         section, _, field = path.partition(".")

@@ -15,15 +15,11 @@ from typing import Any
 import yaml
 
 from ncstudy import tracking
+from ncstudy.resume import MARKER, StudyError, check_can_start
 from ncstudy.spec import StudySpec, TrialSpec, expand
 from ncstudy.trial import run_trial, uses_train
 
-MARKER = "study.yaml"
 TRAIN_DRIVER_CPU = 0.05  # the Tune process of a multi-worker trial only waits on its workers
-
-
-class StudyError(RuntimeError):
-    """A study that cannot start (already exists, nothing to resume, bad output folder)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +29,7 @@ class TrialRow:
     final_val_acc1: float | None
     best_val_acc1: float | None
     reason: str | None
+    final_train_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,35 +51,6 @@ class StudyPaths:
         )
 
 
-def check_can_start(study: StudySpec, resume: bool) -> None:
-    """Refuse an existing study without --resume, and --resume of a study that never started.
-    Touches nothing on disk."""
-    marker = study.study_dir / MARKER
-    if marker.exists() and not resume:
-        raise StudyError(
-            f"study '{study.name}' already exists in {study.study_dir}; pass --resume to finish "
-            "its unfinished trials, or choose another name/output folder"
-        )
-    if resume and not marker.exists():
-        raise StudyError(
-            f"--resume: study '{study.name}' has no previous run in {study.study_dir}; "
-            "run it without --resume"
-        )
-    check_writable(study.study_dir)
-
-
-def check_writable(path: Path) -> None:
-    """The nearest existing ancestor of `path` must be a writable directory."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StudyError(
-            f"output_dir: cannot create {path} ({probe} is not a writable folder); "
-            "set output_dir (or --output) to a folder you can write"
-        )
-
-
 def run_study(
     study: StudySpec,
     *,
@@ -91,29 +59,22 @@ def run_study(
     storage_path: str | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
 ) -> list[TrialRow]:
-    """Run (or resume) every trial of the study; returns the summary rows."""
-    import ray
-
+    """Run (or resume) every trial of the study; returns the summary rows. Everything that can
+    refuse the study is checked before anything is written (StudyError)."""
     trials = None if study.search is not None else expand(study)
-    check_can_start(study, resume)
     paths = StudyPaths.of(study, storage_path)
-    if not ray.is_initialized():
-        # "local": always a fresh local Ray, never a cluster that happens to run on this machine
-        ray.init(address=address or "local", **(ray_init_kwargs or _local_ray_kwargs(address)))
-    from ncstudy.cluster import check_storage_path
+    check_can_start(study, resume, paths, trials)
+    _start_ray(address, ray_init_kwargs)
+    concurrency = _check_cluster(study, paths, trials, existing_cluster=address is not None)
 
-    try:
-        check_storage_path(paths.storage, node_count=sum(n["Alive"] for n in ray.nodes()))
-    except ValueError as err:
-        raise StudyError(str(err)) from None
-    paths.study_dir.mkdir(parents=True, exist_ok=True)
     study_yaml = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
-    (paths.study_dir / MARKER).write_text(study_yaml)
-
     mlf = tracking.client(paths.tracking_uri)
     local_store = paths.tracking_uri.startswith("sqlite:")
     artifacts = paths.output_dir / "mlartifacts" if local_store else None
-    experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts)
+    try:
+        experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts)
+    except ValueError as err:  # deleted meanwhile
+        raise StudyError(str(err)) from None
     parent_id = tracking.ensure_parent_run(mlf, experiment_id, study.name, study_yaml)
     env = {
         "tracking_uri": paths.tracking_uri,
@@ -123,27 +84,99 @@ def run_study(
     }
 
     interrupted = False
+    exiting: SystemExit | None = None
+    crash: BaseException | None = None
     tune_status: dict[str, str] = {}  # trial key -> Tune's final status of that trial
     try:
+        if resume:  # only description / output_dir may differ (check_can_start)
+            mlf.log_text(parent_id, study_yaml, "study.yaml")
+        # the marker comes after the parent run: a marker always has its MLflow record
+        paths.study_dir.mkdir(parents=True, exist_ok=True)
+        (paths.study_dir / MARKER).write_text(study_yaml)
         if study.search is not None:
-            interrupted = _run_search(study, env, paths, resume, tune_status)
+            interrupted = _run_search(study, env, paths, resume, tune_status, concurrency)
         else:
             interrupted = _run_grid(
-                study, trials, env, paths, resume, mlf, experiment_id, tune_status
+                study, trials, env, paths, resume, mlf, experiment_id, tune_status, concurrency
             )
     except KeyboardInterrupt:
         interrupted = True
+    except SystemExit as err:  # Ray's own SIGTERM handler (no CLI handler): close, then exit
+        interrupted, exiting = True, err
+    except BaseException as err:
+        crash = err
+        raise
     finally:
         keys = None if trials is None else {t.key for t in trials}
-        _close_open_runs(mlf, experiment_id, keys, interrupted, study.search, tune_status)
+        why = None if crash is None else f"{type(crash).__name__}: {crash}"
+        _close_open_runs(mlf, experiment_id, keys, interrupted, study.search, tune_status, why)
         rows = summarize(mlf, experiment_id, trials)
-        tracking.finish_run(mlf, parent_id, "KILLED" if interrupted else "FINISHED")
+        if crash is not None:
+            tracking.finish_run(mlf, parent_id, "FAILED", f"the study driver failed: {why}")
+        else:
+            tracking.finish_run(mlf, parent_id, "KILLED" if interrupted else "FINISHED")
+    if exiting is not None:
+        raise exiting
     if interrupted:
         raise KeyboardInterrupt
     from ncstudy.convergence_ref import log_steps_to_ref
 
     log_steps_to_ref(mlf, experiment_id, [r.key for r in rows if r.status == "FINISHED"])
     return rows
+
+
+def _start_ray(address: str | None, ray_init_kwargs: dict[str, Any] | None) -> None:
+    """Start (or connect to) Ray unless it runs already. ray.init replaces the caller's SIGTERM
+    handler by an immediate exit; a handler the caller installed (the CLI's, which stops the
+    study like Ctrl-C) is put back."""
+    import signal
+    import threading
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    # "local": always a fresh local Ray, never a cluster that happens to run on this machine
+    ray.init(address=address or "local", **(ray_init_kwargs or _local_ray_kwargs(address)))
+    if callable(handler):
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _check_cluster(
+    study: StudySpec, paths: StudyPaths, trials: list[TrialSpec] | None, existing_cluster: bool
+) -> int:
+    """How many trials run at once; refuses (StudyError) a study that cannot run on this Ray:
+    no trial fits, results and runs on storage other nodes cannot reach, or a bad Optuna
+    storage URL."""
+    import ray
+
+    from ncstudy.cluster import check_storage_path, check_tracking_uri
+
+    probe = trials[0] if trials else _search_probe(study)
+    if study.search is not None:
+        from ncstudy.search import optuna_storage_url
+
+        optuna_storage_url(paths.study_dir)  # a bad NCSTUDY_OPTUNA_STORAGE: StudyError now
+    try:
+        concurrency = _concurrency(study, probe, existing_cluster)
+        nodes = sum(bool(n["Alive"]) for n in ray.nodes())
+        check_storage_path(paths.storage, node_count=nodes, existing_cluster=existing_cluster)
+        if existing_cluster:
+            check_tracking_uri(paths.tracking_uri)
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    if existing_cluster:
+        print(f"up to {concurrency} trial(s) at once on the Ray cluster ({nodes} node(s) now)")
+    return concurrency
+
+
+def _search_probe(study: StudySpec) -> TrialSpec:
+    """A trial of the study's search (every search trial has the study's resources)."""
+    from ncstudy import search as s
+
+    return s.trial_from_point(study, 0, {})
 
 
 def _run_grid(
@@ -155,13 +188,14 @@ def _run_grid(
     mlf: Any,
     experiment_id: str,
     tune_status: dict[str, str],
+    concurrency: int,
 ) -> bool:
     """Run the grid's trials that have not finished; True if the run was interrupted."""
     done = {row.key for row in summarize(mlf, experiment_id, trials) if row.status == "FINISHED"}
     todo = [t for t in trials if t.key not in done]
     if not todo:
         return False
-    _tuner(study, todo, env, paths, resume).fit()
+    _tuner(study, todo, env, paths, resume, concurrency).fit()
     return _was_interrupted(paths.storage + "/tune", len(todo), tune_status)
 
 
@@ -171,15 +205,21 @@ def _run_search(
     paths: StudyPaths,
     resume: bool,
     tune_status: dict[str, str],
+    concurrency: int,
 ) -> bool:
     """One Optuna search per loss, in order; True if the run was interrupted."""
     from ncstudy import search as s
 
     assert study.search is not None
+    # A trial that fails before its first evaluation (NaN loss) reports without the search
+    # metric; Tune's strict check would then abort the whole search. The metric is validated
+    # up front (spec: every epoch reports it), and ASHA, the median rule and our searcher all
+    # skip results that lack it, so the check only turns one failed trial into a dead study.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     for index, loss in enumerate(study.losses):
         total = s.n_trials(study.search, loss)
         left = total - s.finished_optuna_trials(study, loss, paths.study_dir)
-        tuner = _search_tuner(study, index, env, paths, resume, left)
+        tuner = _search_tuner(study, index, env, paths, resume, left, concurrency)
         if tuner is None:
             continue
         tuner.fit()
@@ -221,8 +261,9 @@ def _trial_resources(trial: TrialSpec) -> dict[str, float]:
     return res
 
 
-def _concurrency(study: StudySpec, trial: TrialSpec) -> int:
-    """How many trials fit the Ray cluster at once (capped by the YAML's limit)."""
+def _concurrency(study: StudySpec, trial: TrialSpec, existing_cluster: bool = False) -> int:
+    """How many trials run at once: what fits the Ray cluster, capped by the YAML's limit; on
+    an existing (possibly autoscaling) cluster the YAML's limit as given (cluster.py)."""
     import ray
 
     from ncstudy.cluster import max_concurrent_trials
@@ -236,7 +277,10 @@ def _concurrency(study: StudySpec, trial: TrialSpec) -> int:
         "driver_cpus": TRAIN_DRIVER_CPU if uses_train(trial) else 0.0,
     }
     return max_concurrent_trials(
-        ray.cluster_resources(), per_trial, study.resources.max_concurrent_trials
+        ray.cluster_resources(),
+        per_trial,
+        study.resources.max_concurrent_trials,
+        existing_cluster=existing_cluster,
     )
 
 
@@ -247,10 +291,11 @@ def _progress_callback() -> Any:
     class Progress(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
             if "test/acc1" in result:  # an evaluation epoch
-                key = _key(trial)
+                val = result.get("val/acc1")  # absent without a validation split
+                val_text = "n/a" if val is None else f"{100 * val:.2f} %"
                 print(
-                    f"  {key}: epoch {result.get('epoch')}  loss {result['train/loss']:.4f}  "
-                    f"val acc1 {100 * result['val/acc1']:.2f} %",
+                    f"  {_key(trial)}: epoch {result.get('epoch')}  "
+                    f"loss {result['train/loss']:.4f}  val acc1 {val_text}",
                     flush=True,
                 )
 
@@ -264,7 +309,12 @@ def _progress_callback() -> Any:
 
 
 def _tuner(
-    study: StudySpec, todo: list[TrialSpec], env: dict[str, Any], paths: StudyPaths, resume: bool
+    study: StudySpec,
+    todo: list[TrialSpec],
+    env: dict[str, Any],
+    paths: StudyPaths,
+    resume: bool,
+    concurrency: int,
 ) -> Any:
     from ray import tune
 
@@ -282,7 +332,7 @@ def _tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=_concurrency(study, todo[0]),
+            max_concurrent_trials=concurrency,
             trial_name_creator=_key,
             trial_dirname_creator=_key,
             reuse_actors=True,  # ~1.5 s -> ~0.1 s of Tune start-up per trial (STACK.md)
@@ -314,6 +364,7 @@ def _search_tuner(
     paths: StudyPaths,
     resume: bool,
     left: int,
+    concurrency: int,
 ) -> Any:
     """The Tuner of one loss's Optuna search (restored when resuming), or None if it is done."""
     from ray import tune
@@ -344,7 +395,7 @@ def _search_tuner(
             search_alg=s.make_searcher(study, loss, paths.study_dir),
             scheduler=s.make_scheduler(study.search, study.train.epochs),
             num_samples=left,
-            max_concurrent_trials=_concurrency(study, probe),
+            max_concurrent_trials=concurrency,
             trial_name_creator=_key,
             trial_dirname_creator=_key,
         ),
@@ -365,26 +416,30 @@ def _close_open_runs(
     killed: bool,
     search: Any,
     tune_status: dict[str, str],
+    crash: str | None = None,
 ) -> None:
     """No child run stays RUNNING. A run left RUNNING whose Tune trial TERMINATED was stopped
     by the search's pruner (KILLED, with the epoch it stopped at); otherwise, after an
-    interruption it is KILLED, and after a normal end its process died (FAILED)."""
+    interruption it is KILLED, after an error of the study driver (`crash`) FAILED with it,
+    and after a normal end its process died (FAILED)."""
     for run in mlf.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         key = run.data.tags.get(tracking.TRIAL_KEY_TAG)
         if key is None or (keys is not None and key not in keys):
             continue
         pruned = search is not None and search.pruner != "none"
-        if "final/val_acc1" in run.data.metrics:
+        if "final/test_acc1" in run.data.metrics:  # logged by every trial that reached its end
             # trained to the end and logged its summary; only the status update was cut short
             # (a scheduler stops a trial right after its last report at max_t)
             tracking.finish_run(mlf, run.info.run_id, "FINISHED")
-        elif pruned and (tune_status.get(key) == "TERMINATED" or not killed):
+        elif pruned and tune_status.get(key) == "TERMINATED":
             epoch = int(run.data.metrics.get("epoch", 0))
             mlf.set_tag(run.info.run_id, "ncstudy.stopped_at_epoch", str(epoch))
             reason = f"pruned by {search.pruner} at epoch {epoch}"
             tracking.finish_run(mlf, run.info.run_id, "KILLED", reason)
         elif killed:
             tracking.finish_run(mlf, run.info.run_id, "KILLED", "study interrupted")
+        elif crash is not None:
+            tracking.finish_run(mlf, run.info.run_id, "FAILED", f"the study driver failed: {crash}")
         else:
             tracking.finish_run(mlf, run.info.run_id, "FAILED", "trial process ended early")
 
@@ -412,22 +467,31 @@ def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec] | None) -> l
                 m.get("final/val_acc1"),
                 m.get("best/val_acc1"),
                 run.data.tags.get(tracking.REASON_TAG),
+                m.get("train/loss"),
             )
         )
     return rows
 
 
 def format_summary(rows: list[TrialRow]) -> str:
-    """The end-of-study table: key, status, final and best validation accuracy."""
+    """The end-of-study table: key, status, final and best validation accuracy, and the last
+    training loss (where a temperature shows even when accuracies tie)."""
 
     def pct(v: float | None) -> str:
         return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
 
-    header = ("trial", "status", "final val acc1 %", "best val acc1 %")
-    body = [(r.key, r.status, pct(r.final_val_acc1), pct(r.best_val_acc1)) for r in rows]
-    widths = [max(len(x[i]) for x in [header, *body]) for i in range(4)]
+    def num(v: float | None) -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+    header = ("trial", "status", "final val acc1 %", "best val acc1 %", "final train loss")
+    body = [
+        (r.key, r.status, pct(r.final_val_acc1), pct(r.best_val_acc1), num(r.final_train_loss))
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *body]
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in rows:

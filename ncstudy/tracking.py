@@ -17,6 +17,7 @@ TRIAL_KEY_TAG = "ncstudy.trial_key"
 ROLE_TAG = "ncstudy.role"
 REASON_TAG = "ncstudy.failure_reason"
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -31,10 +32,62 @@ def client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+class ConfigMismatch(ValueError):
+    """An MLflow run with this trial key was made from a different configuration."""
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """Whether the MLflow store already exists, asked without creating it: a SQLite (or file)
+    store is a local path that may be absent; a server (http://...) always counts as there."""
+    for prefix in ("sqlite:///", "file://"):
+        if tracking_uri.startswith(prefix):
+            return Path(tracking_uri[len(prefix) :]).exists()
+    if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
+        return Path(tracking_uri).exists()
+    return True
+
+
+def find_study_run(tracking_uri: str, study_name: str) -> tuple[Any, str, Any] | None:
+    """The study's experiment and parent run, `(client, experiment_id, run)`, or None if the
+    store holds no parent run of that study. Read-only: a missing local store stays missing."""
+    if not store_exists(tracking_uri):
+        return None
+    mlf = client(tracking_uri)
+    exp = mlf.get_experiment_by_name(study_name)
+    if exp is None:
+        return None
+    _check_active(exp)
+    runs = find_runs(mlf, exp.experiment_id, ROLE_TAG, "study")
+    return (mlf, exp.experiment_id, runs[0]) if runs else None
+
+
+def logged_study_yaml(mlf: Any, run_id: str) -> str | None:
+    """The study YAML logged to a parent run, or None if it has none."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(mlf.download_artifacts(run_id, "study.yaml", tmp)).read_text()
+        except (OSError, MlflowException):
+            return None
+
+
+def _check_active(exp: Any) -> None:
+    if exp.lifecycle_stage != "active":
+        raise ValueError(
+            f"the MLflow experiment '{exp.name}' was deleted but still holds the name; restore "
+            f"it (mlflow experiments restore --experiment-id {exp.experiment_id}), delete it "
+            "for good (mlflow gc), or give the study another name"
+        )
+
+
 def ensure_experiment(mlf: Any, name: str, artifact_root: Path | None) -> str:
     """The id of the experiment named `name`, created with artifacts under `artifact_root`."""
     exp = mlf.get_experiment_by_name(name)
     if exp is not None:
+        _check_active(exp)
         return exp.experiment_id
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
     return mlf.create_experiment(name, artifact_location=location)
@@ -66,6 +119,7 @@ def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -
     params and the resolved config. Marked RUNNING either way."""
     runs = find_runs(mlf, experiment_id, TRIAL_KEY_TAG, trial.key)
     if runs:
+        check_config_hash(runs[0], trial.config_hash())
         run_id = runs[0].info.run_id
         mlf.update_run(run_id, status="RUNNING")
         mlf.delete_tag(run_id, REASON_TAG) if REASON_TAG in runs[0].data.tags else None
@@ -91,6 +145,18 @@ def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -
         run_id, yaml.safe_dump(trial.model_dump(mode="json"), sort_keys=False), "trial.yaml"
     )
     return run_id
+
+
+def check_config_hash(run: Any, config_hash: str) -> None:
+    """A run is only continued by the very trial that made it: same key and same config hash."""
+    logged = run.data.tags.get("config_hash")
+    if logged != config_hash:
+        key = run.data.tags.get(TRIAL_KEY_TAG)
+        raise ConfigMismatch(
+            f"MLflow run {run.info.run_id} of trial {key} was made from another configuration "
+            f"(config_hash {logged}, now {config_hash}); it is never reused: give the study "
+            "another name or output folder"
+        )
 
 
 def log_params(mlf: Any, run_id: str, params: dict[str, Any]) -> None:
@@ -138,7 +204,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @functools.cache
 def git_commit() -> str:
-    """The commit of the ncstudy checkout, or 'unknown' outside a git checkout."""
+    """The commit ncstudy runs from: `NCSTUDY_GIT_COMMIT` if set (the container image has no
+    .git; its build passes the commit), else the checkout's HEAD, else 'unknown'."""
+    if os.environ.get(GIT_COMMIT_ENV, "").strip():
+        return os.environ[GIT_COMMIT_ENV].strip()
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

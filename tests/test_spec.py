@@ -100,13 +100,17 @@ def test_trial_key_format() -> None:
 
 
 BAD = [
-    ({"lossez": []}, "lossez: unknown field"),
+    ({"lossez": []}, "lossez: unknown field (did you mean 'losses'?); allowed here: dataset,"),
+    ({"train": {"epoch": 3}}, "train.epoch: unknown field (did you mean 'epochs'?)"),
+    ({"losses": [{"name": "ce", "temperature": 1}]}, "losses.0.temperature: unknown field"),
     ({"train": {"epochs": "ten"}}, "train.epochs"),
     ({"losses": [{"name": "crossentropy"}]}, "unknown loss 'crossentropy'"),
     ({"losses": [{"name": "ce", "params": {"gama": 2}}]}, "gama"),
     ({"dataset": {"name": "mnist-ish"}}, "unknown dataset 'mnist-ish'"),
     ({"model": {"name": "vgg99"}}, "unknown model 'vgg99'"),
-    ({"grid": {"temperature": [-0.1]}}, "temperatures must be > 0"),
+    ({"grid": {"temperature": [-0.1]}}, "temperatures must be finite and > 0"),
+    ({"grid": {"temperature": [float("inf")]}}, "temperatures must be finite and > 0"),
+    ({"grid": {"temperature": [float("nan")]}}, "temperatures must be finite and > 0"),
     ({"grid": {"temperature": [0.1], "batch_size": []}}, "grid.batch_size"),
     ({"losses": []}, "no loss"),
     ({"name": "../escape"}, "not a safe study name"),
@@ -185,3 +189,16 @@ def test_dry_run_prints_the_trial_table(tmp_path: Path, capsys: pytest.CaptureFi
     text = capsys.readouterr().out
     assert "normface-t0.1-b32-s0" in text and "12 trials" in text
     assert not out.exists()
+
+
+def test_dry_run_shows_a_loss_s_own_train_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    losses = [{"name": "ce"}, {"name": "normface", "train": {"lr": 0.05, "epochs": 3}}]
+    path = write(tmp_path, base(losses=losses, output_dir=str(tmp_path / "runs")))
+    assert main([str(path), "--dry-run"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
+    assert "train.epochs=3" in rows["normface-t0.1-b32-s0"]
+    # its own lr, scaled like the study's: 0.05 at base batch 256 -> 0.05 * 32/256 (linear)
+    assert float(rows["normface-t0.1-b32-s0"].split()[5]) == pytest.approx(0.05 * 32 / 256)
+    assert "train." not in rows["ce-b32-s0"]

@@ -1,5 +1,6 @@
 """End to end through the real command: Ray Tune + Train, MLflow runs checked through the MLflow
-client, a failing (NaN) trial, and interrupt + --resume without duplicated or missing runs."""
+client, failing trials (an exception, a NaN loss), and SIGTERM + --resume without duplicated or
+missing runs."""
 
 from __future__ import annotations
 
@@ -83,51 +84,68 @@ def test_two_worker_trials_are_logged_as_nested_mlflow_runs(tmp_path: Path) -> N
     assert normface.data.tags["temperature"] == "0.1"
 
 
-def test_interrupt_then_resume_finishes_every_trial_once(tmp_path: Path) -> None:
+def test_stop_then_resume_finishes_every_trial_once(tmp_path: Path) -> None:
+    """Trials that raise (batch size 1: BatchNorm cannot train on one sample) and one whose
+    loss becomes NaN end FAILED with their reasons while the study goes on; SIGTERM (what
+    `ray job stop` and Kubernetes send) stops it like Ctrl-C: runs KILLED, exit 143; --resume
+    reruns the errored trials, continues the interrupted one from its checkpoint and starts the
+    one never started, without a duplicated or missing run."""
     path = write_study(
         tmp_path,
         name="resume",
         train={"epochs": 40, "lr": 0.1},
         losses=[{"name": "ce"}],
-        grid={"batch_size": [64], "axes": {"train.lr": [1.0e9, 0.1, 0.2]}},
+        grid={"batch_size": [1, 64], "axes": {"train.lr": [1.0e9, 0.1, 0.2]}},
         resources={"max_concurrent_trials": 1, "trial_max_failures": 0},
         evaluation={"every": 5, "nc_metrics": False},
     )
-    keys = ["ce-b64-lr1e+09-s0", "ce-b64-lr0.1-s0", "ce-b64-lr0.2-s0"]
+    raising = ["ce-b1-lr1e+09-s0", "ce-b1-lr0.1-s0", "ce-b1-lr0.2-s0"]
+    nan, interrupted, fresh = "ce-b64-lr1e+09-s0", "ce-b64-lr0.1-s0", "ce-b64-lr0.2-s0"
     proc = cli(str(path))
     deadline = time.time() + 300
-    # interrupt once the NaN trial has failed and the second trial has logged a few epochs
+    # stop once the failing trials have ended and the interrupted one has logged a few epochs
     while time.time() < deadline:
         time.sleep(2)
         # the Tune folder appears after the driver has created the MLflow store: opening the
         # store earlier would race the driver's schema creation
         if (tmp_path / "runs" / "resume" / "tune").exists() and proc.poll() is None:
             mlf, _, children = runs_of(tmp_path, "resume")
-            second = [r for r in children if r.info.run_name == keys[1]]
+            second = [r for r in children if r.info.run_name == interrupted]
             if second and second[0].data.metrics.get("epoch", 0) >= 10:
                 break
-    assert proc.poll() is None, "the study ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    assert proc.poll() is None, "the study ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out
+    assert proc.returncode == 143, out
+    assert "--resume" in out
 
-    mlf, _, children = runs_of(tmp_path, "resume")
+    mlf, parents, children = runs_of(tmp_path, "resume")
+    assert parents[0].info.status == "KILLED"
     status = {r.info.run_name: r.info.status for r in children}
-    assert "RUNNING" not in status.values()
-    assert status[keys[0]] == "FAILED" and status[keys[1]] == "KILLED"
-    failed = next(r for r in children if r.info.run_name == keys[0])
-    assert "training loss is" in failed.data.tags["ncstudy.failure_reason"]
+    assert status == {**dict.fromkeys(raising, "FAILED"), nan: "FAILED", interrupted: "KILLED"}
+    reason = {r.info.run_name: r.data.tags.get("ncstudy.failure_reason", "") for r in children}
+    assert "training loss is" in reason[nan]
+    for key in raising:
+        assert "Expected more than 1 value per channel when training" in reason[key], key
 
     proc = cli(str(path), "--resume")
     out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 1, out  # one trial failed (NaN), the others finished
+    assert proc.returncode == 1, out  # some trials failed, the others finished
 
     mlf, parents, children = runs_of(tmp_path, "resume")
-    assert len(parents) == 1
-    assert sorted(r.info.run_name for r in children) == sorted(keys)  # no duplicates
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == sorted([*raising, nan, interrupted, fresh])
     status = {r.info.run_name: r.info.status for r in children}
-    assert status == {keys[0]: "FAILED", keys[1]: "FINISHED", keys[2]: "FINISHED"}
-    for key in keys[1:]:
+    assert status == {
+        **dict.fromkeys(raising, "FAILED"),
+        nan: "FAILED",
+        interrupted: "FINISHED",
+        fresh: "FINISHED",
+    }
+    for r in children:
+        if r.info.run_name in raising:  # rerun by --resume, failed again with its reason
+            assert "Expected more than 1 value" in r.data.tags["ncstudy.failure_reason"]
+    for key in (interrupted, fresh):
         run = next(r for r in children if r.info.run_name == key)
         steps = {m.step for m in mlf.get_metric_history(run.info.run_id, "val/acc1")}
         assert steps == set(range(1, 41)), key  # nothing missing after resume
