@@ -44,12 +44,22 @@ def _shared_fs_from_env() -> bool:
     return os.environ.get(SHARED_FS_ENV, "").strip().lower() in _TRUE_WORDS
 
 
-def check_storage_path(storage_path: str, node_count: int, shared_fs: bool | None = None) -> None:
-    """Refuse a node-local ``storage_path`` on a multi-node cluster; one node takes local paths.
+def check_storage_path(
+    storage_path: str,
+    node_count: int,
+    shared_fs: bool | None = None,
+    *,
+    existing_cluster: bool = False,
+) -> None:
+    """Refuse a node-local ``storage_path`` where trials may run on other machines.
 
-    Accepted on several nodes: ``s3://``, ``gs://``, ``gcs://``, ``abfs(s)://`` URIs, and absolute
-    local paths declared shared with ``shared_fs=True`` or ``NCSTUDY_SHARED_FS=1`` (an NFS mount
-    at the same place on every node). ``shared_fs=None`` reads the environment variable.
+    Local mode (ncstudy started Ray itself, one node): any local folder. On an existing cluster
+    (``existing_cluster``: ``--address`` / ``RAY_ADDRESS``) nodes come and go (an autoscaling
+    cluster starts with the head alone), so the node count at start proves nothing: a shared
+    location is required whatever ``node_count`` is. Shared: ``s3://``, ``gs://``, ``gcs://``,
+    ``abfs(s)://`` URIs, and absolute local paths declared shared with ``shared_fs=True`` or
+    ``NCSTUDY_SHARED_FS=1`` (an NFS mount at the same place on every node, or a one-machine
+    cluster). ``shared_fs=None`` reads the environment variable.
     """
     if not storage_path or not storage_path.strip():
         raise ValueError(
@@ -66,7 +76,7 @@ def check_storage_path(storage_path: str, node_count: int, shared_fs: bool | Non
             f"storage_path '{storage_path}' uses the unsupported scheme '{scheme}://'; "
             f"use one of {', '.join(f'{s}://' for s in sorted(SHARED_SCHEMES))} or a local path"
         )
-    if node_count == 1:
+    if node_count == 1 and not existing_cluster:
         return
     if shared_fs is None:
         shared_fs = _shared_fs_from_env()
@@ -79,12 +89,39 @@ def check_storage_path(storage_path: str, node_count: int, shared_fs: bool | Non
                 "absolute mount point of the shared filesystem"
             )
         return
-    raise ValueError(
-        f"storage_path '{storage_path}' is a local path but the Ray cluster has {node_count} "
-        "nodes; use a shared location: s3://bucket/prefix, gs://bucket/prefix, or a path on a "
-        "shared filesystem mounted at the same place on every node (NFS) and pass "
-        f"--storage-path / NCSTUDY_STORAGE_PATH (for NFS also set {SHARED_FS_ENV}=1)"
+    where = (
+        f"ncstudy is connected to an existing Ray cluster (now {node_count} node(s); an "
+        "autoscaling cluster adds more, each with its own disk)"
+        if existing_cluster
+        else f"the Ray cluster has {node_count} nodes"
     )
+    raise ValueError(
+        f"storage_path '{storage_path}' is a local path but {where}; use a shared location: "
+        "s3://bucket/prefix, gs://bucket/prefix, or a path on a shared filesystem mounted at the "
+        "same place on every node (NFS) and pass --storage-path / NCSTUDY_STORAGE_PATH (for NFS, "
+        f"or a cluster of this one machine, also set {SHARED_FS_ENV}=1)"
+    )
+
+
+def check_tracking_uri(tracking_uri: str, shared_fs: bool | None = None) -> None:
+    """On an existing cluster, trial processes on other nodes log to the MLflow store: a local
+    SQLite file is only reachable from every node if declared shared (``NCSTUDY_SHARED_FS=1``);
+    otherwise an MLflow server (``MLFLOW_TRACKING_URI=http://...``) is needed."""
+    scheme = _scheme(tracking_uri)
+    local = scheme in ("sqlite", "file") or (
+        scheme is None and not tracking_uri.startswith("databricks")
+    )
+    if not local:
+        return
+    if shared_fs is None:
+        shared_fs = _shared_fs_from_env()
+    if not shared_fs:
+        raise ValueError(
+            f"the MLflow store {tracking_uri} is a local file, but ncstudy is connected to an "
+            "existing Ray cluster whose trials may run on other nodes; set MLFLOW_TRACKING_URI to "
+            f"an MLflow server (http://HOST:5000, see infra/README.md), or set {SHARED_FS_ENV}=1 "
+            "if that file is on a filesystem every node mounts at the same place"
+        )
 
 
 def _number(per_trial: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
@@ -119,40 +156,46 @@ def max_concurrent_trials(
     per_trial: Mapping[str, Any],
     requested: int | None,
     *,
-    autoscaling: bool = False,
+    existing_cluster: bool = False,
 ) -> int:
-    """Number of trials that may run at once: what fits the cluster, capped by ``requested``.
+    """Number of trials that may run at once.
 
     ``cluster_resources`` is ``ray.cluster_resources()`` (totals, not what is free now).
-    With ``autoscaling=True`` the current size is only a lower bound (GPU groups scale from
-    zero), so the YAML's ``max_concurrent_trials`` is used as given and must be set.
+    Local mode: what fits the cluster, capped by ``requested``; nothing fitting is an error.
+    An existing cluster (``existing_cluster``: ``--address`` / ``RAY_ADDRESS``) may add nodes
+    when trials wait for them, so its current size is only a lower bound: ``requested`` (the
+    YAML's ``max_concurrent_trials``) is used as given, trials beyond what fits wait for the
+    autoscaler; without it, what fits now, and nothing fitting is an error asking for it.
     """
     if requested is not None and (
         isinstance(requested, bool) or not isinstance(requested, int) or requested < 1
     ):
         raise ValueError(f"max_concurrent_trials must be an integer >= 1 (got {requested!r})")
     demand = {name: amount for name, amount in trial_demand(per_trial).items() if amount > 0}
-    if autoscaling:
-        if requested is None:
-            raise ValueError(
-                "an autoscaling cluster's size is not known at start: set "
-                "max_concurrent_trials in the study YAML"
-            )
-        return requested
     if not demand:
         raise ValueError(
-            "a trial demands no resources at all; set resources.driver_cpus or "
-            "resources.cpus_per_worker above 0"
+            "a trial demands no resources at all; set resources.cpus_per_worker or "
+            "resources.gpus_per_worker above 0"
         )
+    if existing_cluster and requested is not None:
+        return requested
     fits = min(
         math.floor(float(cluster_resources.get(name, 0.0)) / amount + _EPS)
         for name, amount in demand.items()
     )
-    if fits < 1:
-        have = {name: float(cluster_resources.get(name, 0.0)) for name in demand}
+    if fits >= 1:
+        return fits if requested is None else min(fits, requested)
+    have = {name: float(cluster_resources.get(name, 0.0)) for name in demand}
+    if existing_cluster:
         raise ValueError(
-            f"one trial needs {demand} but the cluster has {have}; lower "
-            "resources.workers_per_trial / cpus_per_worker / gpus_per_worker, add nodes, or on "
-            "an autoscaling cluster run with autoscaling and set max_concurrent_trials"
+            f"one trial needs {demand} but the Ray cluster has {have} now; if it autoscales "
+            "(GPU workers that start from zero), set resources.max_concurrent_trials in the "
+            "study YAML (how many trials may run at once; the autoscaler adds nodes for them), "
+            "else lower resources.workers_per_trial / cpus_per_worker / gpus_per_worker or add "
+            "nodes"
         )
-    return fits if requested is None else min(fits, requested)
+    raise ValueError(
+        f"one trial needs {demand} but this machine's Ray has {have}; lower "
+        "resources.workers_per_trial / cpus_per_worker / gpus_per_worker, or run on a cluster "
+        "(--address)"
+    )

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ncstudy import cluster
+from ncstudy import cluster, tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -411,7 +411,7 @@ def test_launcher_passes_storage_and_mlflow_by_environment(path: Path) -> None:
     setup = "\n".join(config["setup_commands"])
     storage = re.search(r"export NCSTUDY_STORAGE_PATH=(\S+?)'", setup).group(1)
     assert storage.startswith({"aws": "s3://", "gcp": "gs://"}[path.stem])
-    cluster.check_storage_path(storage, node_count=3, shared_fs=False)
+    cluster.check_storage_path(storage, node_count=1, shared_fs=False, existing_cluster=True)
     assert "MLFLOW_TRACKING_URI=http://" in "\n".join(config["head_setup_commands"])
     assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in "\n".join(
         config["worker_setup_commands"]
@@ -425,6 +425,16 @@ def test_launcher_passes_storage_and_mlflow_by_environment(path: Path) -> None:
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in server and "--workers 1" in server
     # Workers log to it, so it listens beyond loopback; the firewall keeps it inside the VPC.
     assert "--host 0.0.0.0 --port 5000" in server
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_launcher_dashboard_listens_on_loopback(path: Path) -> None:
+    """The dashboard runs jobs (arbitrary code): on the head's loopback only, reached through
+    the SSH tunnel of `ray dashboard`, never on the network even inside the VPC."""
+    config = _load_launcher(path)
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert not re.search(r"dashboard-host[= ]\S*0\.0\.0\.0", path.read_text())
 
 
 # ------------------------------------------------------------------ KubeRay manifests
@@ -507,6 +517,54 @@ def test_k8s_head_runs_no_trials_and_gpus_autoscale_from_zero(kind: str) -> None
         assert int(limits["nvidia.com/gpu"]) >= 1, group["groupName"]
 
 
+def _cluster_node_groups() -> dict[str, list[tuple[float, float, int]]]:
+    """(logical CPUs, GPUs, max nodes) of every GPU worker group, per shipped cluster."""
+    clusters = {}
+    for path in LAUNCHER_FILES:
+        types = _worker_types(_prepared(_load_launcher(path))).values()
+        clusters[path.name] = [
+            (t["resources"]["CPU"], t["resources"]["GPU"], t["max_workers"]) for t in types
+        ]
+    groups = []
+    for group in _ray_cluster_spec(_doc("RayCluster"))["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        cpus = float(group.get("rayStartParams", {}).get("num-cpus", limits["cpu"]))
+        groups.append((cpus, float(limits["nvidia.com/gpu"]), group["maxReplicas"]))
+    clusters["raycluster.yaml"] = groups
+    return clusters
+
+
+GPU_STUDIES = [
+    p for p in sorted((ROOT / "studies").glob("*.yaml")) if "gpus_per_worker: 1" in p.read_text()
+]
+
+
+@pytest.mark.parametrize("study_path", GPU_STUDIES, ids=lambda p: p.name)
+def test_gpu_studies_fit_the_shipped_clusters(study_path: Path) -> None:
+    """A shipped GPU study can start on every shipped cluster: it names how many trials may
+    wait for the autoscaler, and one GPU worker group's nodes hold a trial's workers (and the
+    Tune driver of a multi-worker trial, which needs a little CPU on some node)."""
+    from ncstudy.spec import expand, load_study
+    from ncstudy.study import TRAIN_DRIVER_CPU
+    from ncstudy.trial import uses_train
+
+    study = load_study(study_path)
+    assert study.resources.max_concurrent_trials is not None, "nothing fits a cluster at zero"
+    trial = expand(study)[0]
+    r = trial.resources
+    driver = TRAIN_DRIVER_CPU if uses_train(trial) else 0.0
+    for cluster_name, groups in _cluster_node_groups().items():
+        fits = []
+        for cpus, gpus, max_nodes in groups:
+            per_node = int(min(cpus // r.cpus_per_worker, gpus // r.gpus_per_worker))
+            if per_node < 1 or max_nodes * per_node < r.workers_per_trial:
+                fits.append(False)
+                continue
+            spare = max_nodes * cpus - r.workers_per_trial * r.cpus_per_worker
+            fits.append(spare >= driver)
+        assert any(fits), f"{study_path.name} does not fit {cluster_name} ({groups})"
+
+
 def test_rayjob_runs_a_study_on_the_same_cluster_spec() -> None:
     """The RayJob's cluster is raycluster.yaml's, and its entrypoint is the ncstudy CLI."""
     rayjob = _doc("RayJob")
@@ -516,6 +574,13 @@ def test_rayjob_runs_a_study_on_the_same_cluster_spec() -> None:
     assert entrypoint[3].startswith("studies/") and entrypoint[3].endswith(".yaml")
     assert entrypoint[entrypoint.index("--address") + 1] == "auto"
     assert rayjob["spec"]["shutdownAfterJobFinishes"] is True
+    # a stopped job gets time to end its runs KILLED (Ray's default is 3 s before SIGKILL)
+    runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    assert int(runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
+    # resume on a new cluster: the Optuna storage comes from a Secret, never from the file
+    head = _ray_cluster_spec(rayjob)["headGroupSpec"]["template"]["spec"]["containers"][0]
+    optuna = next(e for e in head["env"] if e["name"] == "NCSTUDY_OPTUNA_STORAGE")
+    assert "value" not in optuna and optuna["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
 @pytest.mark.parametrize("name,doc", [d for d in _k8s_docs() if _pod_templates(d[1])])
@@ -534,7 +599,9 @@ def test_k8s_images_resources_and_environment(name: str, doc: dict[str, Any]) ->
             if container["name"] == "ray-job-submitter":
                 continue  # only runs `ray job submit`
             env = _env(container)
-            cluster.check_storage_path(env["NCSTUDY_STORAGE_PATH"], node_count=3, shared_fs=False)
+            cluster.check_storage_path(
+                env["NCSTUDY_STORAGE_PATH"], node_count=1, shared_fs=False, existing_cluster=True
+            )
             if container["name"] in ("ray-head", "ray-worker"):
                 assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
@@ -579,6 +646,9 @@ def test_dockerfile_pins_base_and_versions() -> None:
     assert f"== '{pins['torch']}'" in text and f"== '{pins['mlflow']}'" in text
     for package in ("pkg-config", "libturbojpeg0-dev", "libopencv-dev"):
         assert package in text
+    # no .git in the image: the commit comes in as a build arg, read by ncstudy.tracking
+    assert f"ENV {tracking.GIT_COMMIT_ENV}=${{{tracking.GIT_COMMIT_ENV}}}" in text
+    assert f"ARG {tracking.GIT_COMMIT_ENV}=" in text
     ignored = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().split()
     assert {".git", ".venv", "ncstudy-runs", "data", "mlruns"} <= set(ignored)
 
@@ -684,6 +754,32 @@ def test_check_storage_path_rejects_local_on_multi_node(
     )
 
 
+@pytest.mark.parametrize("path", ["/home/ray/runs", "file:///data/runs"])
+def test_check_storage_path_existing_cluster_needs_shared_storage(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected to a cluster whose head is its only node now (autoscaling from zero): a local
+    path is refused all the same; object stores and declared-shared paths pass."""
+    monkeypatch.delenv("NCSTUDY_SHARED_FS", raising=False)
+    with pytest.raises(ValueError, match="connected to an existing Ray cluster"):
+        cluster.check_storage_path(path, node_count=1, existing_cluster=True)
+    cluster.check_storage_path("s3://bucket/p", node_count=1, existing_cluster=True)
+    cluster.check_storage_path(path, node_count=1, existing_cluster=True, shared_fs=True)
+    cluster.check_storage_path(path, node_count=1)  # local mode: one machine, any folder
+
+
+def test_check_tracking_uri_on_an_existing_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials on other nodes log to MLflow: a server, or a store file declared shared."""
+    monkeypatch.delenv("NCSTUDY_SHARED_FS", raising=False)
+    cluster.check_tracking_uri("http://mlflow:5000")
+    cluster.check_tracking_uri("https://mlflow.example.org")
+    cluster.check_tracking_uri("databricks")
+    for local in ("sqlite:////runs/mlflow.db", "file:///runs/mlruns", "/runs/mlruns"):
+        with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI"):
+            cluster.check_tracking_uri(local)
+        cluster.check_tracking_uri(local, shared_fs=True)
+
+
 def test_check_storage_path_shared_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
     """An NFS path declared shared (flag or NCSTUDY_SHARED_FS=1) passes if absolute."""
     monkeypatch.delenv("NCSTUDY_SHARED_FS", raising=False)
@@ -747,14 +843,21 @@ def test_max_concurrent_trials_fits_the_cluster(
     assert cluster.max_concurrent_trials(resources, per_trial, 100) == expected
 
 
-def test_max_concurrent_trials_errors_and_autoscaling() -> None:
-    """No fit is an error naming the need; autoscaling clusters use the YAML's cap."""
+def test_max_concurrent_trials_errors_and_existing_clusters() -> None:
+    """No fit is an error naming the need. An existing cluster may autoscale: the YAML's cap is
+    used as given (even beyond what fits now); without a cap, what fits now, and nothing
+    fitting (a 0-CPU head alone) asks for the cap."""
     gpu_trial = {"workers_per_trial": 2, "gpus_per_worker": 1}
     with pytest.raises(ValueError, match="GPU"):
         cluster.max_concurrent_trials({"CPU": 16}, gpu_trial, 4)
-    assert cluster.max_concurrent_trials({"CPU": 0}, gpu_trial, 6, autoscaling=True) == 6
-    with pytest.raises(ValueError, match="max_concurrent_trials"):
-        cluster.max_concurrent_trials({"CPU": 0}, gpu_trial, None, autoscaling=True)
+    assert cluster.max_concurrent_trials({"CPU": 0}, gpu_trial, 6, existing_cluster=True) == 6
+    assert cluster.max_concurrent_trials({"CPU": 8, "GPU": 2}, gpu_trial, 6) == 1
+    assert (
+        cluster.max_concurrent_trials({"CPU": 8, "GPU": 4}, gpu_trial, None, existing_cluster=True)
+        == 2
+    )
+    with pytest.raises(ValueError, match="set resources.max_concurrent_trials"):
+        cluster.max_concurrent_trials({"CPU": 0}, gpu_trial, None, existing_cluster=True)
     with pytest.raises(ValueError, match="max_concurrent_trials"):
         cluster.max_concurrent_trials({"CPU": 8}, gpu_trial, 0)
     with pytest.raises(ValueError, match="workers_per_trial"):

@@ -1,7 +1,7 @@
 """Two Ray nodes on one machine (a head and a second raylet, separate processes on loopback,
 each with its own CPUs): a study's trials land on both, results go to a shared storage path,
 and every MLflow run completes. A local storage path without the shared-filesystem flag is
-refused on a multi-node cluster before any trial starts."""
+refused on an existing cluster before anything is written."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def run_cli(tmp_path: Path, address: str, *extra: str, shared: bool) -> subproce
 def test_local_storage_is_refused_on_two_nodes(two_nodes, tmp_path: Path) -> None:
     done = run_cli(tmp_path, two_nodes.address, shared=False)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "is a local path but the Ray cluster has 2 nodes" in done.stderr
+    assert "is a local path but ncstudy is connected to an existing Ray cluster" in done.stderr
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
