@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -103,6 +105,19 @@ def test_float32_under_autocast_and_low_precision_input(name: str) -> None:
     assert hb.grad.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_an_all_zero_row_keeps_float16_gradients_finite(name: str) -> None:
+    """A zero row has no direction; its gradient through the normalisation is bounded by
+    1/NORM_EPS (F.normalize's default eps would give ~1e12, inf in float16 under AMP)."""
+    loss = build(name)
+    h, y = make_batch(loss)
+    h[0] = 0.0
+    h = h.half().requires_grad_(True)
+    out = loss(h, y)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(h.grad).all()
+
+
 def test_heads_and_views() -> None:
     assert build("supcon").num_views == 2 and build("supcon", views=4).num_views == 4
     assert all(build(n).num_views == 1 for n in ALL if n != "supcon")
@@ -121,9 +136,16 @@ def test_queue_and_etf_are_checkpointed() -> None:
     loss(h, y)
     state = loss.state_dict()
     assert int(state["queue.filled"]) == B
+    assert not dict(loss.named_buffers()).keys() & {"queue.z", "queue.y"}  # not DDP-broadcast
+    saved = io.BytesIO()
+    torch.save(state, saved)  # the trainer's checkpoints are read back with weights_only
+    saved.seek(0)
     fresh = build("ntce", queue_size=16)
-    fresh.load_state_dict(state)
+    fresh.load_state_dict(torch.load(saved, weights_only=True))
     assert torch.equal(fresh(h, y).loss, loss(h, y).loss)
+    assert torch.equal(fresh.queue.contents()[0], loss.queue.contents()[0])
+    with pytest.raises(RuntimeError, match="queue"):
+        build("ntce", queue_size=8).load_state_dict(state)
     assert "etf" in build("etf_dr").state_dict()
 
 

@@ -1,6 +1,7 @@
 """Global-pool equivalence: 2 gloo workers on two parts of a batch give, after DDP-style gradient
 averaging, the gradients of one process on the whole batch (and differ with negatives: local);
-fixed-prototype class means are exact whatever the number of workers or the batch size."""
+fixed prototypes set by the trainer's metrics pass (nc_pass) are the exact class means whatever
+the number of workers or the batch size; under DDP each worker keeps its own queue."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
 
-from ncstudy.evaluate import ClassMeanAccumulator
+from ncstudy.evaluate.passes import nc_pass, shard_loader
 from ncstudy.losses import build_loss
 
 D, K, WORLD = 6, 3, 2
@@ -77,14 +81,12 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                 "params": res["params"],
                 "loss": loss_sum / WORLD,
             }
-    # fp prototypes: each worker streams its shard in batches of a different size
-    gen = torch.Generator().manual_seed(SEED + 1)
-    z, labels = torch.randn(50, D, generator=gen), torch.randint(0, K, (50,), generator=gen)
-    acc = ClassMeanAccumulator(K, D)
-    shard = torch.arange(50)[rank::2]
-    for part in shard.split(3 + 4 * rank):
-        acc.update(z[part], labels[part])
-    results["class_means"] = acc.means()
+    # fp prototypes: the trainer's training-set pass, each worker in batches of its own size
+    encoder, criterion, data = prototype_setup()
+    loader = shard_loader(data, rank, WORLD, batch_size=3 + 4 * rank)
+    nc_pass(encoder, criterion, loader, K, torch.device("cpu"), K, set_prototypes=True)
+    results["prototypes"] = criterion.prototypes.clone()
+    results["queues"] = ddp_queues(rank)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -119,15 +121,100 @@ def test_global_pool_matches_single_process(worker_results: list[dict], index: i
         assert not torch.allclose(dist_local["h_grad"], single["h_grad"], rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.distributed
-def test_fixed_prototypes_are_exact_class_means(worker_results: list[dict]) -> None:
+def prototype_setup() -> tuple[nn.Module, nn.Module, TensorDataset]:
+    """A fixed encoder, a supcon loss with its projection head, and a 50-sample training set."""
     gen = torch.Generator().manual_seed(SEED + 1)
-    z, labels = torch.randn(50, D, generator=gen), torch.randint(0, K, (50,), generator=gen)
-    z = torch.nn.functional.normalize(z, dim=1)
-    exact = torch.stack([z[labels == c].mean(0) for c in range(K)])
+    x, labels = torch.randn(50, 5, generator=gen), torch.randint(0, K, (50,), generator=gen)
+    encoder = nn.Linear(5, D)
+    with torch.no_grad():
+        encoder.weight.copy_(torch.randn(D, 5, generator=gen))
+        encoder.bias.copy_(torch.randn(D, generator=gen))
+    criterion = build_loss("supcon", {"projection_dim": 4}, feature_dim=D, num_classes=K, seed=2)
+    return encoder, criterion, TensorDataset(x, labels)
+
+
+def exact_prototypes() -> torch.Tensor:
+    """Normalised class means of the normalised projections over the whole set, in float64."""
+    encoder, criterion, data = prototype_setup()
+    x, labels = data.tensors
+    with torch.no_grad():
+        z = F.normalize(criterion.embed(encoder(x)).double(), dim=1)
+    means = torch.stack([z[labels == c].mean(0) for c in range(K)])
+    return F.normalize(means, dim=1)
+
+
+@pytest.mark.distributed
+def test_fixed_prototypes_are_the_exact_class_means(worker_results: list[dict]) -> None:
+    exact = exact_prototypes().float()
     for rank_result in worker_results:
-        torch.testing.assert_close(rank_result["class_means"], exact, rtol=1e-6, atol=1e-6)
-    single = ClassMeanAccumulator(K, D)
-    for part in torch.arange(50).split(7):
-        single.update(z[part] * 3.0, labels[part])  # normalises: the scale does not matter
-    torch.testing.assert_close(single.means(), exact, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rank_result["prototypes"], exact, rtol=1e-6, atol=1e-6)
+    for batch_size in (7, 50):  # one process, any batch size
+        encoder, criterion, data = prototype_setup()
+        assert not bool(criterion.has_prototypes)
+        loader = shard_loader(data, 0, 1, batch_size)
+        nc_pass(encoder, criterion, loader, K, torch.device("cpu"), K, set_prototypes=True)
+        torch.testing.assert_close(criterion.prototypes, exact, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- queues under DDP
+
+QUEUE_STEPS, QUEUE_ROWS = 3, 2
+
+
+class QueueNet(nn.Module):
+    """Encoder and loss as one DDP unit, as the trainer wraps them."""
+
+    def __init__(self, negatives: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Linear(4, D)
+        params = {"queue_size": 16, "negatives": negatives}
+        self.criterion = build_loss("ntce", params, feature_dim=D, num_classes=K)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return self.criterion(self.encoder(x), y)
+
+
+def queue_batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of worker `rank` at `step`, with labels that say whose and when."""
+    gen = torch.Generator().manual_seed(1000 * step + rank)
+    y = torch.tensor([(rank + step) % K, (rank + step + 1) % K])
+    return torch.randn(QUEUE_ROWS, 4, generator=gen), y
+
+
+def ddp_queues(rank: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Each worker's queue after QUEUE_STEPS DDP steps, and the rows it fed the loss."""
+    out = {}
+    for negatives in ("local", "global"):
+        net = nn.parallel.DistributedDataParallel(QueueNet(negatives))
+        fed = []
+        for step in range(QUEUE_STEPS):
+            x, y = queue_batch(rank, step)
+            with torch.no_grad():
+                fed.append(F.normalize(net.module.encoder(x), dim=1))
+            net.zero_grad()
+            net(x, y).loss.backward()
+            with torch.no_grad():  # a plain SGD step, the same on every worker
+                for p in net.parameters():
+                    p -= 0.1 * p.grad
+        z, y = net.module.criterion.queue.contents()
+        out[negatives] = {"z": z, "y": y, "fed": torch.stack(fed)}
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("negatives", ["local", "global"])
+def test_each_worker_keeps_its_own_queue_under_ddp(
+    worker_results: list[dict], negatives: str
+) -> None:
+    """DDP broadcasts buffers from rank 0 before each forward: the queue must not be one, or
+    every worker would contrast against rank 0's history (local) and resend it every step."""
+    fed = [r["queues"][negatives]["fed"] for r in worker_results]  # (steps, rows, D) per rank
+    for rank, rank_result in enumerate(worker_results):
+        got = rank_result["queues"][negatives]
+        ranks = [rank] if negatives == "local" else list(range(len(worker_results)))
+        steps = range(QUEUE_STEPS)
+        expected_y = torch.cat([queue_batch(r, step)[1] for step in steps for r in ranks])
+        expected_z = torch.cat([fed[r][step] for step in steps for r in ranks])
+        assert torch.equal(got["y"], expected_y)  # oldest first; only this worker's (local)
+        torch.testing.assert_close(got["z"], expected_z)

@@ -33,8 +33,12 @@ def unit(v: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- references
 
 
+# The references take a float64 copy of the loss module (`ref = copy.deepcopy(loss).double()`)
+# and use its parameters as plain data, so their gradients are the reference's too.
+
+
 def ref_linear_logits(loss: NCLoss, h: torch.Tensor, i: int) -> list[torch.Tensor]:
-    w, b = loss.head.weight.detach().double(), loss.head.bias.detach().double()
+    w, b = loss.head.weight, loss.head.bias
     return [dot(w[k], h[i]) + b[k] for k in range(K)]
 
 
@@ -71,7 +75,7 @@ def ref_mse(loss, h, y):
 
 
 def ref_unit_weights(loss):
-    return [unit(w) for w in loss.head.weight.detach().double()]
+    return [unit(w) for w in loss.head.weight]
 
 
 def ref_normface(loss, h, y):
@@ -107,7 +111,7 @@ def ref_nonl(loss, h, y):
 
 
 def ref_etf_dr(loss, h, y):
-    m, out = loss.etf.double(), []
+    m, out = loss.etf, []
     for i in range(len(y)):
         norm = torch.sqrt((h[i] * h[i]).sum())
         out.append(0.5 * (dot(m[y[i]], h[i]) - norm) ** 2 / norm.detach())
@@ -130,7 +134,7 @@ def ref_prototype(loss, h, y):
 
 def ref_supcon(loss, h, y):
     tau, n = loss.params.temperature, len(y)
-    z = [unit(v) for v in copy.deepcopy(loss.projector).double()(h)]
+    z = [unit(v) for v in loss.projector(h)]
     out = []
     for a in range(n):
         others = [q for q in range(n) if q != a]
@@ -176,13 +180,19 @@ def test_loss_matches_loop_reference(name: str) -> None:
     y = torch.tensor(labels)
     h = torch.randn(len(labels), D, generator=gen)
     h.requires_grad_(True)
+    reference = copy.deepcopy(loss).double()
     out = loss(h, y)
     out.loss.backward()
     h64 = h.detach().double().requires_grad_(True)
-    expected = REFERENCES[name](loss, h64, labels)
+    expected = REFERENCES[name](reference, h64, labels)
     expected.backward()
     torch.testing.assert_close(out.loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-4, atol=1e-5)
+    # and the gradients of the loss's own parameters (classifier head, projection head)
+    ref_params = dict(reference.named_parameters())
+    for key, param in loss.named_parameters():
+        assert param.grad is not None and ref_params[key].grad is not None, key
+        torch.testing.assert_close(param.grad.double(), ref_params[key].grad, rtol=1e-4, atol=1e-5)
     assert out.skipped_anchors == (1 if name == "supcon" else 0)
 
 
@@ -290,36 +300,70 @@ def test_partially_valid_batch_averages_over_valid_anchors_only() -> None:
 # --------------------------------------------------------------------------- the queue
 
 
-@pytest.mark.parametrize("name", ["ntce", "nonl", "supcon"])
-def test_queue_extends_the_pool_with_past_detached_embeddings(name: str) -> None:
-    gen = torch.Generator().manual_seed(8)
-    params = {"queue_size": 6} | ({"projection_dim": 5} if name == "supcon" else {})
-    loss = build_loss(name, params, feature_dim=D, num_classes=K, seed=2)
-    plain = build_loss(name, params | {"queue_size": 0}, feature_dim=D, num_classes=K, seed=2)
-    h1, y1 = torch.randn(4, D, generator=gen), torch.tensor([0, 1, 2, 3])
-    h2, y2 = torch.randn(4, D, generator=gen), torch.tensor([0, 1, 0, 1])
-    first = loss(h1, y1)
-    torch.testing.assert_close(first.loss, plain(h1, y1).loss)  # empty queue: no change
-    loss.eval()
-    loss(h2, y2)  # eval mode does not enqueue
-    loss.train()
-    h2 = h2.requires_grad_(True)
-    second = loss(h2, y2)
-    # the same pool, written out: the current batch followed by the first batch, detached
-    z1 = F.normalize(loss.embed(h1) if name == "supcon" else h1, dim=1).detach()
-    z2 = F.normalize(loss.embed(h2) if name == "supcon" else h2, dim=1)
-    pool_z, pool_y, cols = torch.cat([z2, z1]), torch.cat([y2, y1]), torch.arange(4)
+def ref_pool_loss(name: str, loss: NCLoss, h, y: list[int], queue_z, queue_y: list[int]):
+    """The pool losses written out: anchors are the current rows (h, y); the pool is the current
+    rows followed by the queued rows, which are constants (detached)."""
     tau = loss.params.temperature
     if name == "supcon":
-        from ncstudy.losses.supcon import supcon_anchor_losses
-
-        expected = supcon_anchor_losses(z2, pool_z, y2, pool_y, cols, tau)[0].mean()
+        z = [unit(v) for v in loss.projector(h)]
     else:
-        w = F.normalize(loss.head.weight, dim=1)[y2]
-        if name == "ntce":
-            expected = ntce_anchor_losses(w, pool_z, cols, tau).mean()
-        else:
-            expected = nonl_anchor_losses(w, pool_z, y2, pool_y, cols, tau)[0].mean()
-    torch.testing.assert_close(second.loss, expected)
-    assert int(loss.queue.filled) == 6  # 4 + 4 rows into a queue of 6: FIFO keeps the last 6
-    assert torch.equal(loss.queue.y.sort().values, torch.tensor([0, 0, 1, 1, 2, 3]))
+        z = [unit(v) for v in h]
+        w = ref_unit_weights(loss)
+    pool_z, pool_y = z + list(queue_z), y + queue_y
+    out = []
+    for i in range(len(y)):
+        if name == "supcon":
+            others = [q for q in range(len(pool_y)) if q != i]
+            positives = [p for p in others if pool_y[p] == y[i]]
+            if not positives:
+                continue
+            log_den = lse([dot(z[i], pool_z[q]) / tau for q in others])
+            out.append(
+                -sum(dot(z[i], pool_z[p]) / tau - log_den for p in positives) / len(positives)
+            )
+            continue
+        s = [dot(w[y[i]], pool_z[j]) / tau for j in range(len(pool_y))]
+        pool = [j for j in range(len(pool_y)) if name == "ntce" or pool_y[j] != y[i]]
+        out.append(-s[i] + lse([s[j] for j in pool]))
+    return sum(out) / len(out)
+
+
+@pytest.mark.parametrize("name", ["ntce", "nonl", "supcon"])
+def test_queue_is_a_fifo_of_past_detached_embeddings(name: str) -> None:
+    """Three batches of 4 rows through a queue of 6: it holds the newest 6 rows, oldest first,
+    and the third batch's loss (and gradient) is that of its pool written out with a loop."""
+    gen = torch.Generator().manual_seed(8)
+    k = 9
+    params = {"queue_size": 6} | ({"projection_dim": 5} if name == "supcon" else {})
+    loss = build_loss(name, params, feature_dim=D, num_classes=k, seed=2)
+    plain = build_loss(name, params | {"queue_size": 0}, feature_dim=D, num_classes=k, seed=2)
+    labels = [[0, 1, 2, 3], [4, 5, 6, 7], [2, 5, 8, 8]]  # the third shares classes with the queue
+    batches = [(torch.randn(4, D, generator=gen), torch.tensor(y)) for y in labels]
+
+    def rows(h: torch.Tensor) -> torch.Tensor:  # what the loss queues: normalised embeddings
+        return F.normalize(loss.embed(h) if name == "supcon" else h, dim=1).detach()
+
+    (h1, y1), (h2, y2), (h3, y3) = batches
+    torch.testing.assert_close(loss(h1, y1).loss, plain(h1, y1).loss)  # empty queue: no change
+    assert loss.queue.ptr == 4 and loss.queue.filled == 4
+    loss.eval()
+    loss(h3, y3)  # eval mode does not enqueue
+    loss.train()
+    loss(h2, y2)
+    # 8 rows into 6 places: the 2 oldest are gone; contents oldest first; next write at row 2
+    kept_z, kept_y = torch.cat([rows(h1)[2:], rows(h2)]), torch.cat([y1[2:], y2])
+    queue_z, queue_y = loss.queue.contents()
+    assert torch.equal(queue_y, kept_y) and loss.queue.ptr == 2 and loss.queue.filled == 6
+    torch.testing.assert_close(queue_z, kept_z)
+    h3 = h3.clone().requires_grad_(True)
+    third = loss(h3, y3)
+    third.loss.backward()
+    h64 = h3.detach().double().requires_grad_(True)
+    reference = copy.deepcopy(loss).double()
+    expected = ref_pool_loss(name, reference, h64, labels[2], kept_z.double(), kept_y.tolist())
+    expected.backward()
+    torch.testing.assert_close(third.loss.double(), expected.detach(), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(h3.grad.double(), h64.grad, rtol=1e-4, atol=1e-5)
+    queue_z, queue_y = loss.queue.contents()
+    assert torch.equal(queue_y, torch.cat([y2[2:], y3])) and loss.queue.ptr == 0
+    torch.testing.assert_close(queue_z, torch.cat([rows(h2)[2:], rows(h3)]))

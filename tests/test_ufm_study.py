@@ -3,6 +3,7 @@ checkpoints, and (slow) a whole UFM study through the real command with MLflow r
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -88,6 +89,18 @@ def test_regularized_variant_and_its_penalties_round_trip() -> None:
         ({"evaluation": {"every": 1}, "ufm": {"iterations": 5000}}, "evaluation.every"),
         ({"grid": {"axes": {"ufm.K": [1]}}}, "K"),
         ({"grid": {"axes": {"ufm.depth": [1]}}}, "unknown axis"),
+        ({"losses": [{"name": "ntce", "params": {"queue_size": 8}}]}, "queue_size: the UFM"),
+        (  # a queue from a grid axis, or from a search space, is caught the same way
+            {"losses": [{"name": "ntce"}], "grid": {"axes": {"loss.queue_size": [0, 8]}}},
+            "grid.axes.loss.queue_size=8: losses[0] (ntce): queue_size: the UFM",
+        ),
+        (
+            {
+                "losses": [{"name": "supcon", "params": {"projection": "none"}}],
+                "search": {"n_trials": 2, "space": {"loss.queue_size": [0, 16]}},
+            },
+            "search.space.loss.queue_size=16",
+        ),
         (
             {
                 "losses": [{"name": "normface", "params": {"classifier": "etf"}}],
@@ -111,6 +124,15 @@ def test_bad_ufm_studies_name_the_field(change: dict, message: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_study(study)
     assert message in str(err.value)
+
+
+def test_a_queue_is_refused_by_the_ufm_problem_itself() -> None:
+    from ncstudy.losses import build_loss
+    from ncstudy.ufm import SphericalUFM, balanced_labels
+
+    crit = build_loss("nonl", {"queue_size": 4}, feature_dim=3, num_classes=2)
+    with pytest.raises(ValueError, match="queue_size 4"):
+        SphericalUFM(crit, balanced_labels(2, 2), 3)
 
 
 def test_shipped_ufm_theory_study_covers_both_regimes() -> None:
@@ -137,6 +159,9 @@ def test_loop_reports_every_few_iterations_with_nc_metrics() -> None:
     assert last["ufm/theory_loss"] == pytest.approx(bound)
     assert last["train/loss"] == pytest.approx(bound, abs=1e-4)
     assert not any(k.startswith("nc/") for k in last)  # Tune sees scalars only
+    # finite, also once converged (a converged problem reports its last step's gradient)
+    assert last["ufm/converged"] == 1.0
+    assert all(math.isfinite(v) for r in ctx.reports for v in r.values() if isinstance(v, float))
 
 
 def test_loop_logs_nc_metrics_and_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
@@ -205,5 +230,5 @@ def test_ufm_study_runs_through_the_cli_and_logs_to_mlflow(tmp_path: Path) -> No
         assert run.info.status == "FINISHED"
         assert {"nc/nc1", "nc/erank_inter", "train/loss", "final/val_acc1"} <= set(run.data.metrics)
         history = mlf.get_metric_history(run.info.run_id, "nc/nc1")
-        assert sorted(m.step for m in history) == [10, 20, 30]
+        assert sorted(m.step for m in history) == [0, 10, 20, 30]  # 0: at initialisation
         assert run.data.params["ufm.K"] in {"3", "6"}

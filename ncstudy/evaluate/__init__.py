@@ -1,7 +1,6 @@
-"""Evaluation: classifiers for frozen representations (lp, nlp probes; fp class means)."""
+"""Evaluation: classifiers for frozen representations (lp, nlp probes)."""
 
 from ncstudy.evaluate.probes import (
-    ClassMeanAccumulator,
     LinearProbe,
     NormalizedProbe,
     probe_accuracy,
@@ -9,7 +8,6 @@ from ncstudy.evaluate.probes import (
 )
 
 __all__ = [
-    "ClassMeanAccumulator",
     "LinearProbe",
     "NormalizedProbe",
     "probe_accuracy",

@@ -1,4 +1,5 @@
-"""Classifiers for SCL representations (spec/losses.md): `lp`, `nlp` probes and `fp` class means.
+"""Classifiers for SCL representations (spec/losses.md): the `lp` and `nlp` probes. (The `fp`
+prototypes are set by the trainer's training-set metrics pass, ncstudy.evaluate.passes.nc_pass.)
 
 The probes train on precomputed, frozen encoder features. Training on un-augmented features is
 the CPU path; the paper's protocol re-augments the images every probe epoch (90 epochs), which
@@ -11,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -62,8 +62,11 @@ def train_linear_probe(
     temperature: float = 0.1,
     batch_size: int,
     seed: int,
+    milestones: tuple[int, ...] = (),
+    lr_decay: float = 0.2,
 ) -> nn.Module:
-    """Train an lp (normalized=False) or nlp (normalized=True) probe with SGD on frozen features.
+    """Train an lp (normalized=False) or nlp (normalized=True) probe with SGD on frozen features,
+    the lr multiplied by `lr_decay` after each epoch in `milestones` (the paper's step decay).
 
     Features are taken as given (un-augmented on the CPU path; the paper re-augments each epoch).
     Deterministic for a given seed; returns the probe after the last epoch.
@@ -83,6 +86,7 @@ def train_linear_probe(
         else LinearProbe(dim, num_classes, gen)
     ).to(features.device)
     opt = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=lr_decay)
     n = features.shape[0]
     probe.train()
     for _ in range(epochs):
@@ -93,6 +97,7 @@ def train_linear_probe(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        schedule.step()
     probe.eval()
     return probe
 
@@ -103,34 +108,3 @@ def probe_accuracy(probe: nn.Module, features: Tensor, labels: Tensor) -> float:
     predictions = probe(features.float()).argmax(dim=1)
     correct = (predictions == labels.to(predictions.device)).sum().item()
     return correct / max(labels.numel(), 1)
-
-
-class ClassMeanAccumulator:
-    """Streaming exact class means of (optionally normalised) embeddings, summed over workers.
-
-    For the `fp` prototypes: update() with every batch of the un-augmented training set on every
-    worker, then means() all-reduces sums and counts, so the result does not depend on the
-    number of workers or the batch size. Sums are kept in float64.
-    """
-
-    def __init__(self, num_classes: int, dim: int, *, normalize: bool = True) -> None:
-        self.normalize = normalize
-        self.sums = torch.zeros(num_classes, dim, dtype=torch.float64)
-        self.counts = torch.zeros(num_classes, dtype=torch.float64)
-
-    @torch.no_grad()
-    def update(self, embeddings: Tensor, labels: Tensor) -> None:
-        """Add a batch of embeddings (N, dim) with labels (N,)."""
-        z = F.normalize(embeddings.float(), dim=1) if self.normalize else embeddings
-        if self.sums.device != z.device:
-            self.sums, self.counts = self.sums.to(z.device), self.counts.to(z.device)
-        self.sums.index_add_(0, labels.long(), z.to(torch.float64))
-        self.counts.index_add_(0, labels.long(), torch.ones_like(labels, dtype=torch.float64))
-
-    def means(self) -> Tensor:
-        """(K, dim) float32 class means over all workers; classes never seen are zero rows."""
-        sums, counts = self.sums.clone(), self.counts.clone()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        return (sums / counts.clamp_min(1.0)[:, None]).float()

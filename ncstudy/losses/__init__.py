@@ -11,6 +11,7 @@ from ncstudy.losses.registry import (
     describe_params,
     list_losses,
     loss_params_model,
+    predicts_with_class_means,
     takes_temperature,
     validate_loss_params,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "gather_batch",
     "list_losses",
     "loss_params_model",
+    "predicts_with_class_means",
     "simplex_etf",
     "takes_temperature",
     "validate_loss_params",

@@ -150,6 +150,13 @@ def reduce_anchor_losses(
     return LossOutput(loss, skipped)
 
 
-def cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise cosine similarities between rows of a and rows of b."""
-    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+# The floor on a row's norm when the losses normalise it. F.normalize's default (1e-12) gives an
+# all-zero row a gradient of 1e12 times its upstream gradient, which overflows float16 under AMP
+# (GradScaler then shrinks its scale towards zero and every other gradient underflows); 1e-4
+# bounds that factor at 1e4 and leaves any row with a norm above 1e-4 exactly unit-normalised.
+NORM_EPS = 1e-4
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Rows scaled to unit norm (norms below NORM_EPS are divided by NORM_EPS instead)."""
+    return F.normalize(x, dim=1, eps=NORM_EPS)

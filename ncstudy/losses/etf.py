@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ncstudy.losses.base import LossOutput, LossParams, NCLoss, seeded_generator
+from ncstudy.losses.base import LossOutput, LossParams, NCLoss, seeded_generator, unit_rows
 
 
 def check_etf_dims(feature_dim: int, num_classes: int, loss_name: str) -> None:
@@ -61,7 +61,7 @@ class EtfDotRegressionLoss(NCLoss):
         return LossOutput(per_sample.mean(), 0)
 
     def _scores(self, h: Tensor) -> Tensor:
-        return F.normalize(h, dim=1) @ self.etf.T
+        return unit_rows(h) @ self.etf.T
 
     def classifier_weights(self) -> Tensor:
         return self.etf.detach().clone()

@@ -23,6 +23,7 @@ from ncstudy.losses.base import (
     TemperatureParams,
     reduce_anchor_losses,
     seeded_generator,
+    unit_rows,
 )
 from ncstudy.losses.distributed import gather_batch
 from ncstudy.losses.etf import simplex_etf
@@ -112,7 +113,7 @@ class NormalizedHead(nn.Module):
 
     def normalized(self) -> Tensor:
         """(K, d) unit-norm class weights w_k."""
-        return F.normalize(self.weight, dim=1)
+        return unit_rows(self.weight)
 
 
 class NormalizedClassifierLoss(NCLoss):
@@ -125,7 +126,7 @@ class NormalizedClassifierLoss(NCLoss):
         self.head = NormalizedHead(feature_dim, num_classes, params.classifier, seed)
 
     def _scores(self, h: Tensor) -> Tensor:
-        return F.normalize(h, dim=1) @ self.head.normalized().T
+        return unit_rows(h) @ self.head.normalized().T
 
     def classifier_weights(self) -> Tensor:
         return self.head.weight.detach().clone()
@@ -137,7 +138,7 @@ class NormFaceLoss(NormalizedClassifierLoss):
     name = "normface"
 
     def _loss(self, h: Tensor, y: Tensor) -> LossOutput:
-        logits = F.normalize(h, dim=1) @ self.head.normalized().T / self.params.temperature
+        logits = unit_rows(h) @ self.head.normalized().T / self.params.temperature
         return LossOutput(F.cross_entropy(logits, y), 0)
 
 
@@ -147,7 +148,7 @@ class NonlInstanceLoss(NormalizedClassifierLoss):
     name = "nonl_instance"
 
     def _loss(self, h: Tensor, y: Tensor) -> LossOutput:
-        logits = F.normalize(h, dim=1) @ self.head.normalized().T / self.params.temperature
+        logits = unit_rows(h) @ self.head.normalized().T / self.params.temperature
         own = F.one_hot(y, self.num_classes).bool()
         positive = logits.gather(1, y[:, None]).squeeze(1)
         per_sample = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1) - positive
@@ -162,7 +163,7 @@ class _ClassToInstanceLoss(NormalizedClassifierLoss):
         self.queue = EmbeddingQueue(params.queue_size, feature_dim)
 
     def _loss(self, h: Tensor, y: Tensor) -> LossOutput:
-        z = F.normalize(h, dim=1)
+        z = unit_rows(h)
         batch = gather_batch(z, y, self.params.negatives == "global")
         queue_z, queue_y = self.queue.contents()
         z_pool, y_pool = torch.cat([batch.z, queue_z]), torch.cat([batch.y, queue_y])
@@ -223,7 +224,7 @@ class PrototypeLoss(FixedPrototypeClassifier, NCLoss):
         self._init_prototypes(num_classes, feature_dim)
 
     def _loss(self, h: Tensor, y: Tensor) -> LossOutput:
-        z = F.normalize(h, dim=1)
+        z = unit_rows(h)
         batch = gather_batch(z, y, self.params.negatives == "global")
         onehot = F.one_hot(batch.y, self.num_classes).to(z.dtype)
         counts = onehot.sum(dim=0)

@@ -1,8 +1,9 @@
 """The fixed-prototype (`fp`) classifier shared by losses without a classifier head.
 
 Prototypes are the exact class means of the normalised embed() outputs over the un-augmented
-training set (the trainer accumulates and all-reduces them, see ncstudy.evaluate.probes), then
-normalised; the prediction is argmax_c p_c . z. They live in buffers, so checkpoints keep them.
+training set (the trainer's training-set pass accumulates and all-reduces them, see
+ncstudy.evaluate.passes.nc_pass), then normalised; the prediction is argmax_c p_c . z. They live
+in buffers, so checkpoints keep them (every worker computes the same means).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ncstudy.losses.base import unit_rows
 
 
 class FixedPrototypeClassifier:
@@ -39,7 +42,7 @@ class FixedPrototypeClassifier:
                 "set_class_means() with the class means of the normalised embed() outputs over "
                 "the training set first"
             )
-        return F.normalize(self.embed(h), dim=1) @ self.prototypes.T
+        return unit_rows(self.embed(h)) @ self.prototypes.T
 
     def classifier_weights(self) -> Tensor | None:
         return self.prototypes.detach().clone() if bool(self.has_prototypes) else None

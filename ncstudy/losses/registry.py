@@ -83,6 +83,12 @@ def loss_params_model(name: str) -> type[BaseModel]:
     return _entry(name).params
 
 
+def predicts_with_class_means(name: str) -> bool:
+    """Whether the loss classifies with class-mean prototypes set by an evaluation pass (so it
+    has no running training accuracy and a validation accuracy only at evaluation epochs)."""
+    return _entry(name).cls.needs_class_means
+
+
 def takes_temperature(name: str) -> bool:
     """Whether the loss has a `temperature` parameter."""
     return "temperature" in loss_params_model(name).model_fields
@@ -106,22 +112,30 @@ def describe_losses() -> str:
     return "\n".join(lines)
 
 
-def validate_loss_params(name: str, params: dict[str, Any] | None) -> LossParams:
-    """Parse a loss's parameters; errors name the loss, the field and the valid parameters."""
+def validate_loss_params(
+    name: str, params: dict[str, Any] | None, *, hidden: tuple[str, ...] = ()
+) -> LossParams:
+    """Parse a loss's parameters; errors name the loss, the field and the valid parameters
+    (`hidden` parameters are left out of that list, e.g. the temperature, set elsewhere)."""
     model = loss_params_model(name)
     try:
         return model.model_validate(params or {})
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}"
-            + (f" (got {e['input']!r})" if e["type"] != "missing" else "")
-            for e in err.errors()
+        problems = "; ".join(_describe_error(e) for e in err.errors())
+        valid = ", ".join(
+            f"{f} (default {d!r})" for f, _, d, _ in describe_params(name) if f not in hidden
         )
-        valid = ", ".join(f"{f} (default {d!r})" for f, _, d, _ in describe_params(name))
         raise ValueError(
-            f"loss {name!r}: invalid parameters: {problems}. "
-            f"Valid parameters of {name!r}: {valid or 'none'}"
+            f"loss {name!r}: {problems}. Valid parameters of {name!r}: {valid or 'none'}"
         ) from None
+
+
+def _describe_error(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(params)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown parameter"
+    got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+    return f"{where}: {error['msg']}{got}"
 
 
 def check_loss_compat(

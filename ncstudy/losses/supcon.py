@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -23,6 +22,7 @@ from ncstudy.losses.base import (
     reduce_anchor_losses,
     seeded_generator,
     seeded_linear,
+    unit_rows,
 )
 from ncstudy.losses.distributed import gather_batch
 from ncstudy.losses.prototypes import FixedPrototypeClassifier
@@ -98,7 +98,7 @@ class SupConLoss(FixedPrototypeClassifier, NCLoss):
                 f"loss 'supcon' expects the {self.num_views} views stacked view-major "
                 f"(B*V rows), got {h.shape[0]} rows, not a multiple of views={self.num_views}"
             )
-        z = F.normalize(self.embed(h), dim=1)
+        z = unit_rows(self.embed(h))
         batch = gather_batch(z, y, self.params.negatives == "global")
         queue_z, queue_y = self.queue.contents()
         z_pool, y_pool = torch.cat([batch.z, queue_z]), torch.cat([batch.y, queue_y])

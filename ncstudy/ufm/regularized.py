@@ -1,5 +1,6 @@
 """The regularised UFM (Zhu et al. 2021; "Are All Losses Created Equal"): unconstrained H, W, b
-with penalties lambda_W/2 ||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2, gradient descent."""
+with penalties lambda_W/2 ||W||^2 + lambda_H/2 ||H||^2 + lambda_b/2 ||b||^2, minimised by the
+shared L-BFGS loop of ncstudy.ufm.problem."""
 
 from __future__ import annotations
 
@@ -45,9 +46,6 @@ class RegularizedUFM(UFMProblem):
             + self.lambda_h * features.square().sum()
             + self.lambda_b * self.bias.square().sum()
         )
-
-    def _direction(self, x: Tensor, grad: Tensor, is_features: bool) -> Tensor:
-        return grad * self.feature_scale if is_features else grad
 
     def weights(self) -> Tensor:
         """The classifier rows W (K, d)."""

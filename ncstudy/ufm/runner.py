@@ -112,6 +112,12 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         from ncstudy import tracking
 
         mlf = tracking.client(run["tracking_uri"])
+    if state is None and ev.nc_metrics:
+        # Step 0 of the convergence clock: closeness to a target of 0 is measured against the
+        # value at initialisation, so the metrics are taken once before the first iteration.
+        init = {f"nc/{k}": v for k, v in nc_metrics(problem, u.K, ev.max_intra_classes).items()}
+        _record(history, init, 0)
+        _log(mlf, run, init, 0)
 
     while problem.iteration < u.iterations:
         started = time.perf_counter()
@@ -142,16 +148,15 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         if ev.nc_metrics:
             nc = nc_metrics(problem, u.K, ev.max_intra_classes)
             metrics.update({f"nc/{k}": v for k, v in nc.items()})
-            for name in CLOCK_METRICS:
-                if name in nc:
-                    history.setdefault(name, []).append((it, nc[name]))
+            _record(history, metrics, it)
         best = max(best, acc1)
         metrics["best/val_acc1"] = best
         if it >= u.iterations:
             metrics.update({"final/val_acc1": acc1, "final/train_loss": loss, "status": "finished"})
             for name, series in history.items():
                 steps, values = zip(*series, strict=True)
-                reached = steps_to_95(list(steps), list(values), metric_target(name, u.K))
+                target, alpha = metric_target(name, u.K), ev.convergence.ewma_alpha
+                reached = steps_to_95(list(steps), list(values), target, alpha)
                 if reached is not None:
                     metrics[f"steps_to_95/{name}"] = float(reached)
         checkpoint = {
@@ -162,6 +167,15 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         }
         _log(mlf, run, metrics, it)
         ctx.report(_tune_view(metrics), state=checkpoint)
+
+
+def _record(
+    history: dict[str, list[tuple[int, float]]], metrics: dict[str, Any], step: int
+) -> None:
+    """Append the clock's metrics of this report (`nc/<name>`) to their histories."""
+    for name in CLOCK_METRICS:
+        if f"nc/{name}" in metrics:
+            history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))
 
 
 def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The spherical UFM (Yaras et al. 2022): features and class weights on the unit sphere, no bias,
-no weight decay; Riemannian gradient descent (tangent projection, normalisation retraction)."""
+no weight decay; Riemannian L-BFGS (tangent projection, normalisation retraction)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ POSITIVE_LOSSES = ("normface", "ntce")
 
 
 def tangent(x: Tensor, g: Tensor) -> Tensor:
-    """Project g onto the tangent space of the sphere at each row of x: g - <g, x> x."""
-    return g - (g * x).sum(dim=1, keepdim=True) * x
+    """Project g onto the tangent space of the sphere at each row of x: g - <g, x> x (g may
+    carry leading batch dimensions)."""
+    return g - (g * x).sum(dim=-1, keepdim=True) * x
 
 
 class SphericalUFM(UFMProblem):
-    """Spherical UFM; the feature step is scaled by N/K (the feature gradient is O(1/N))."""
+    """Spherical UFM; the feature block of the step is scaled by N/K (the feature gradient is
+    O(1/N), the weight gradient O(1/K))."""
 
     def __init__(self, criterion: NCLoss, labels: Tensor, dim: int, **kwargs: object) -> None:
         if criterion.name not in SPHERICAL_LOSSES:
@@ -41,9 +43,8 @@ class SphericalUFM(UFMProblem):
         num_classes = int(labels.max()) + 1
         self.feature_scale = len(labels) / num_classes
 
-    def _direction(self, x: Tensor, grad: Tensor, is_features: bool) -> Tensor:
-        d = tangent(x, grad)
-        return d * self.feature_scale if is_features else d
+    def _project(self, x: Tensor, v: Tensor) -> Tensor:
+        return tangent(x, v)
 
     def _retract(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=1)

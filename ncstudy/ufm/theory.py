@@ -36,17 +36,6 @@ def nonl_etf_value(num_classes: int, n_per_class: int, tau: float) -> float:
     return math.log((k - 1) * n) - k / ((k - 1) * tau)
 
 
-def polygon_normface_value(num_classes: int, tau: float) -> float:
-    """NormFace at a regular K-gon on the circle (d = 2) with features on their weights."""
-    angles = 2 * np.pi * np.arange(num_classes) / num_classes
-    return float(logsumexp(np.cos(angles) / tau) - 1.0 / tau)
-
-
-def polygon_gnc2(num_classes: int) -> float:
-    """gnc2 of a regular K-gon: the distance from a vertex to the chord of its neighbours."""
-    return 1.0 - math.cos(2 * math.pi / num_classes)
-
-
 def sample_loss(name: str, logits: np.ndarray, params: dict[str, float] | None = None) -> float:
     """Per-sample loss of one logit vector whose true class is index 0 (numpy reference)."""
     p = params or {}
