@@ -1,10 +1,12 @@
 """`steps_to_ref/<metric>`: how soon each trial reaches a reference trial's converged NC value.
 
-The reference of a trial is, by default, the finished `ce` trial with the same seed at the same
-grid point (batch size and extra axes), else the first finished `ce` trial with the same seed
-(spec/metrics.md, "Convergence speed"; the source paper's Table 7 (II)). The reference itself
-gets its own value too: the step at which it reaches its converged value, the denominator of
-Table 7 (II)'s ratios. Run at the end of a study, from the NC metric histories in MLflow.
+The reference of a trial is the finished trial of `evaluation.convergence.reference_loss`
+(default `ce`) with the same seed at the same grid point (batch size and extra axes), else the
+first finished one with the same seed (spec/metrics.md, "Convergence speed"; the source paper's
+Table 7 (II)); the EWMA uses `evaluation.convergence.ewma_alpha`. The reference itself gets its
+own value too: the step at which it reaches its converged value, the denominator of Table 7
+(II)'s ratios. Run at the end of a study, from the NC metric histories in MLflow. The clock
+itself (`ncstudy.metrics.steps_to_ref`) works on plain (steps, values) lists.
 """
 
 from __future__ import annotations
@@ -84,12 +86,13 @@ def log_steps_to_ref(
     experiment_id: str,
     trial_keys: list[str],
     *,
-    reference_loss: str = "ce",
-    alpha: float = 0.1,
+    reference_loss: str | None = None,
+    alpha: float | None = None,
 ) -> None:
     """Log `steps_to_ref/<metric>` (and the reference's key as a tag) on every finished trial of
     `trial_keys` that has a finished reference trial; metrics never reached are not logged.
 
+    `reference_loss` and `alpha` default to each trial's `evaluation.convergence` settings.
     Every `nc/<metric>` of the reference with a convergence target is compared. Unfinished and
     failed trials are skipped: a partial run has no converged value and no complete clock.
     """
@@ -100,7 +103,6 @@ def log_steps_to_ref(
         if key in wanted and run.info.status == "FINISHED":
             runs[key] = run
     specs = {key: trial_spec_of(mlf, runs[key].info.run_id) for key in trial_keys if key in runs}
-    candidates = [s for s in specs.values() if s.loss == reference_loss]
     histories: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
 
     def history(key: str, metric: str) -> tuple[list[int], list[float]]:
@@ -109,7 +111,10 @@ def log_steps_to_ref(
         return histories[key, metric]
 
     for key, spec in specs.items():
-        ref = choose_reference(spec, candidates)
+        clock = spec.evaluation.convergence
+        ref_loss = clock.reference_loss if reference_loss is None else reference_loss
+        smoothing = clock.ewma_alpha if alpha is None else alpha
+        ref = choose_reference(spec, [s for s in specs.values() if s.loss == ref_loss])
         if ref is None:
             continue
         num_classes = num_classes_of(spec)
@@ -123,7 +128,7 @@ def log_steps_to_ref(
                 continue  # no convergence target (e.g. gnc2, mir): nothing to reach
             steps, values = history(key, metric)
             ref_steps, ref_values = history(ref.key, metric)
-            reached = steps_to_ref(steps, values, ref_steps, ref_values, target, alpha)
+            reached = steps_to_ref(steps, values, ref_steps, ref_values, target, smoothing)
             last_step = max([last_step, *steps])
             if reached is not None:
                 out[f"steps_to_ref/{metric}"] = float(reached)

@@ -1,8 +1,10 @@
 """The per-worker training loop: data -> encoder -> loss -> SGD, epochs, evaluation, checkpoints.
 
 The same function runs in a Ray Train worker, in a single-worker Tune trial and in a plain
-process; only the WorkerContext differs. Every rank reports once per epoch (Ray hangs otherwise);
-metrics are all-reduced before rank 0 reports them and logs them to MLflow.
+process; only the WorkerContext differs. Every rank makes the same reports (Ray hangs otherwise):
+one per epoch, plus, when downstream evaluations follow the last epoch, one without `epoch`
+that saves the checkpoint before them. Metrics are all-reduced before rank 0 reports them and
+logs them to MLflow; the NC metrics are logged from step 0 (before training) for the clock.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ CLOCK_METRICS = (
     "align_weight_inst",
     "nc1",
 )
+# Run tags: what the model selection uses, and where each pass's nc4 came from (see nc_pass).
+SELECTION_TAG = "ncstudy.model_selection"
+NO_SELECTION = (
+    "none: dataset.val_fraction is 0 (no validation split); no val/ or best/ metrics are "
+    "logged, and selecting on test/ metrics would leak the test set"
+)
+NC4_SOURCE_TAG = "ncstudy.nc4_source"
+TEST_NC4_SOURCE_TAG = "ncstudy.test_nc4_source"
 
 
 class Network(nn.Module):
@@ -148,9 +158,14 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             f"({len(data.train)} samples); lower grid.batch_size"
         )
     ev = trial.evaluation
-    train_eval = shard_loader(data.train_eval, ctx.rank, ctx.world_size, ev.eval_batch_size)
-    val = shard_loader(data.val, ctx.rank, ctx.world_size, ev.eval_batch_size)
-    test = shard_loader(data.test, ctx.rank, ctx.world_size, ev.eval_batch_size)
+    workers = trial.dataset.num_workers
+    shard = (ctx.rank, ctx.world_size, ev.eval_batch_size, workers)
+    loaders = {
+        "train": shard_loader(data.train_eval, *shard),
+        "val": shard_loader(data.val, *shard, persistent_workers=True),  # read every epoch
+        "test": shard_loader(data.test, *shard),
+    }
+    has_val = len(data.val) > 0  # type: ignore[arg-type]
 
     t = trial.train
     optimizer = torch.optim.SGD(
@@ -163,21 +178,48 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(trial, len(loader)))
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp and use_gpu)
 
+    def snapshot(epoch: int, **extra: Any) -> dict[str, Any]:
+        """The self-describing checkpoint of the trial after `epoch`."""
+        return {
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "best_val": best_val,
+            "trial": trial.model_dump(mode="json"),
+            **extra,
+        }
+
     state = ctx.load_state()
     history: dict[str, list[tuple[int, float]]] = {}
     best_val, start_epoch = -1.0, 1
+    final: dict[str, Any] | None = None  # the last epoch's metrics, once it has trained
+    pending = False  # resumed from the checkpoint saved before the downstream evaluations
     if state is not None:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, best_val, start_epoch = state["history"], state["best_val"], state["epoch"] + 1
+        final = state.get("final_metrics")
+        pending = final is not None
 
     mlf = None
     if run is not None and ctx.is_main:
         from ncstudy import tracking
 
         mlf = tracking.client(run["tracking_uri"])
+    _tag(mlf, run, {SELECTION_TAG: "best/val_acc1" if has_val else NO_SELECTION})
+
+    if state is None and ev.nc_metrics:
+        # Step 0 of the convergence clock: closeness to a target of 0 is measured against the
+        # value at initialisation, so the metrics pass runs once before the first step.
+        init, nc_tags = _nc_evaluation(core, trial, data.num_classes, loaders, device)
+        _record(history, init, 0)
+        _tag(mlf, run, nc_tags)
+        _log(mlf, run, init, 0)
 
     # Prototype classifiers (SCL fp) only exist after a pass over the training set: no running
     # training accuracy for them; their accuracy comes from the evaluations.
@@ -226,37 +268,84 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             _log(mlf, run, metrics, epoch)
             ctx.report(_tune_view(metrics))
             return
-        checkpoint = None
         evaluated = epoch % ev.every == 0 or epoch == t.epochs
         if evaluated:
-            loaders = {"train": train_eval, "val": val, "test": test}
-            metrics.update(_evaluate(core, trial, data.num_classes, loaders, device, epoch))
-            for name in CLOCK_METRICS:
-                if f"nc/{name}" in metrics:
-                    history.setdefault(name, []).append((epoch, metrics[f"nc/{name}"]))
-        elif not criterion.needs_class_means:
+            found, nc_tags = _evaluate(
+                core, trial, data.num_classes, loaders, device, epoch, has_val
+            )
+            metrics.update(found)
+            _tag(mlf, run, nc_tags)
+            _record(history, metrics, epoch)
+        elif has_val and not criterion.needs_class_means:
             # validation accuracy every epoch (cheap: forward only on the small split) so that
             # schedulers and pruners see it; prototype classifiers only exist after an evaluation
-            metrics["val/acc1"] = accuracy(core.encoder, criterion, val, device)
+            metrics["val/acc1"] = accuracy(core.encoder, criterion, loaders["val"], device)
         if "val/acc1" in metrics:
             best_val = max(best_val, metrics["val/acc1"])
             metrics["best/val_acc1"] = best_val
-        if evaluated:
-            checkpoint = {
-                "model": core.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "best_val": best_val,
-                "trial": trial.model_dump(mode="json"),
-            }
         if epoch == t.epochs:
-            metrics.update(_summary(metrics, history, data.num_classes))
-            metrics["status"] = "finished"
+            final = metrics
+            break
+        due = evaluated if ev.checkpoint_every is None else epoch % ev.checkpoint_every == 0
         _log(mlf, run, metrics, epoch)
-        ctx.report(_tune_view(metrics), state=checkpoint)
+        ctx.report(_tune_view(metrics), state=snapshot(epoch) if due else None)
+
+    if final is None:  # a restart after the trial had already finished: nothing left to do
+        return
+    counts, downstream = _downstream_plan(trial, data.num_classes, loaders, device)
+    if downstream and not pending:
+        # Checkpoint before the downstream evaluations: a retry after a failure there redoes
+        # only them, not the training since the last checkpoint. (The last epoch's metrics
+        # travel in the checkpoint and reach MLflow once, with the downstream results.)
+        ctx.report(_pending_view(final), state=snapshot(t.epochs, final_metrics=final))
+    if downstream:
+        final.update(_downstream(core, trial, data.num_classes, loaders, device, counts))
+    final.update(_summary(final, history, data.num_classes, ev.convergence.ewma_alpha))
+    final["status"] = "finished"
+    _log(mlf, run, final, t.epochs)
+    ctx.report(_tune_view(final), state=None if downstream else snapshot(t.epochs))
+
+
+def _record(
+    history: dict[str, list[tuple[int, float]]], metrics: dict[str, Any], step: int
+) -> None:
+    """Append the clock's metrics of this evaluation (`nc/<name>`) to their histories."""
+    for name in CLOCK_METRICS:
+        if f"nc/{name}" in metrics:
+            history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))
+
+
+def _nc_evaluation(
+    core: Network,
+    trial: TrialSpec,
+    num_classes: int,
+    loaders: dict[str, DataLoader],
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The NC metrics (`nc/`, `test/nc/`) and their nc4 sources (tags). The training-set pass
+    also sets SCL prototypes; the test-set pass never touches the classifier."""
+    from ncstudy.evaluate.passes import nc_pass
+
+    ev, enc, crit = trial.evaluation, core.encoder, core.criterion
+    train = nc_pass(
+        enc,
+        crit,
+        loaders["train"],
+        num_classes,
+        device,
+        ev.max_intra_classes,
+        set_prototypes=True,
+        with_metrics=ev.nc_metrics,
+    )
+    out = {f"nc/{k}": v for k, v in train.metrics.items()}
+    if not ev.nc_metrics:
+        return out, {}
+    tags = {NC4_SOURCE_TAG: train.nc4_source}
+    if ev.nc_on_test:
+        test = nc_pass(enc, crit, loaders["test"], num_classes, device, ev.max_intra_classes)
+        out.update({f"test/nc/{k}": v for k, v in test.metrics.items()})
+        tags[TEST_NC4_SOURCE_TAG] = test.nc4_source
+    return out, tags
 
 
 def _evaluate(
@@ -266,86 +355,124 @@ def _evaluate(
     loaders: dict[str, DataLoader],
     device: torch.device,
     epoch: int,
-) -> dict[str, float]:
-    from ncstudy.evaluate.passes import accuracy, nc_pass, probe_accuracies
+    has_val: bool,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """An evaluation: NC metrics, val (if there is a validation split) and test accuracy and,
+    at the last epoch of an SCL trial, the lp/nlp probes. Returns the metrics and the run tags
+    they come with."""
+    from ncstudy.evaluate.passes import accuracy, probe_accuracies
 
     ev, enc, crit = trial.evaluation, core.encoder, core.criterion
     out: dict[str, float] = {}
-    if ev.nc_metrics or crit.needs_class_means:  # the pass also sets SCL prototypes
-        nc = nc_pass(
-            enc, crit, loaders["train"], num_classes, device, ev.max_intra_classes, ev.nc_metrics
-        )
-        out.update({f"nc/{k}": v for k, v in nc.items()})
-    out["val/acc1"] = accuracy(enc, crit, loaders["val"], device)
+    tags: dict[str, str] = {}
+    if ev.nc_metrics or crit.needs_class_means:  # the training pass also sets SCL prototypes
+        out, tags = _nc_evaluation(core, trial, num_classes, loaders, device)
+    if has_val:
+        out["val/acc1"] = accuracy(enc, crit, loaders["val"], device)
     out["test/acc1"] = accuracy(enc, crit, loaders["test"], device)
-    if ev.nc_on_test and ev.nc_metrics:
-        nc = nc_pass(enc, crit, loaders["test"], num_classes, device, ev.max_intra_classes)
-        out.update({f"test/nc/{k}": v for k, v in nc.items()})
     if crit.needs_class_means and epoch == trial.train.epochs and ev.probes.enabled:
         # SCL: fixed prototypes (fp) are the loss's own rule; lp and nlp are trained probes
-        out["val/fp_acc1"], out["test/fp_acc1"] = out["val/acc1"], out["test/acc1"]
-        out.update(probe_accuracies(enc, loaders, num_classes, device, ev.probes, trial.seed))
-    if epoch == trial.train.epochs:  # downstream evaluations (issue #9): final epoch only
-        from ncstudy.data import transforms as tf
-        from ncstudy.evaluate.corruptions import corruption_errors
-        from ncstudy.evaluate.longtail import (
-            is_imbalanced,
-            longtail_accuracies,
-            shard_class_counts,
+        if has_val:
+            out["val/fp_acc1"] = out["val/acc1"]
+        out["test/fp_acc1"] = out["test/acc1"]
+        splits = ("val", "test") if has_val else ("test",)
+        out.update(
+            probe_accuracies(
+                enc,
+                loaders,
+                num_classes,
+                device,
+                ev.probes,
+                trial.seed,
+                splits=splits,
+                nc_metrics=ev.nc_metrics,
+            )
         )
-        from ncstudy.evaluate.transfer import transfer_accuracies
+    return out, tags
 
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if ev.longtail.enabled:
-            counts = shard_class_counts(loaders["train"], num_classes, device)
-            if is_imbalanced(counts):
-                out.update(
-                    longtail_accuracies(enc, crit, device, ev.longtail, loaders["test"], counts)
-                )
-        name = trial.dataset.name
-        stats = (
-            tf.CIFAR100_STATS
-            if name.startswith("cifar100")
-            else tf.CIFAR10_STATS
-            if name.startswith("cifar10")
-            else tf.IMAGENET_STATS
+
+def _downstream_plan(
+    trial: TrialSpec, num_classes: int, loaders: dict[str, DataLoader], device: torch.device
+) -> tuple[list[int] | None, bool]:
+    """(training class counts when the long-tail evaluation applies, whether any downstream
+    evaluation runs at the end of the trial)."""
+    from ncstudy.evaluate.longtail import is_imbalanced, shard_class_counts
+
+    ev = trial.evaluation
+    counts = None
+    if ev.longtail.enabled:
+        counts = shard_class_counts(loaders["train"], num_classes, device)
+        counts = counts if is_imbalanced(counts) else None
+    return counts, counts is not None or ev.transfer is not None or ev.corruptions is not None
+
+
+def _downstream(
+    core: Network,
+    trial: TrialSpec,
+    num_classes: int,
+    loaders: dict[str, DataLoader],
+    device: torch.device,
+    counts: list[int] | None,
+) -> dict[str, float]:
+    """Downstream evaluations (issue #9), after the last epoch: long-tail accuracy (when the
+    training class counts differ), linear transfer, corruption errors."""
+    from ncstudy.data import transforms as tf
+    from ncstudy.evaluate.corruptions import corruption_errors
+    from ncstudy.evaluate.longtail import longtail_accuracies
+    from ncstudy.evaluate.transfer import transfer_accuracies
+
+    ev, enc, crit = trial.evaluation, core.encoder, core.criterion
+    out: dict[str, float] = {}
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if counts is not None:
+        out.update(longtail_accuracies(enc, crit, device, ev.longtail, loaders["test"], counts))
+    name = trial.dataset.name
+    stats = (
+        tf.CIFAR100_STATS
+        if name.startswith("cifar100")
+        else tf.CIFAR10_STATS
+        if name.startswith("cifar10")
+        else tf.IMAGENET_STATS
+    )
+    test_set = loaders["test"].dataset.dataset  # type: ignore[attr-defined]  # under the Subset
+    if ev.transfer is not None:
+        size = ev.transfer.image_size or int(test_set[0][0].shape[-1])
+        out.update(
+            transfer_accuracies(
+                enc,
+                crit,
+                device,
+                ev.transfer,
+                image_size=size,
+                stats=stats,
+                rank=rank,
+                world_size=world,
+                batch_size=ev.eval_batch_size,
+                seed=trial.seed,
+            )
         )
-        test_set = loaders["test"].dataset.dataset  # the full test set under the rank's Subset
-        if ev.transfer is not None:
-            size = ev.transfer.image_size or int(test_set[0][0].shape[-1])
-            out.update(
-                transfer_accuracies(
-                    enc,
-                    crit,
-                    device,
-                    ev.transfer,
-                    image_size=size,
-                    stats=stats,
-                    rank=rank,
-                    world_size=world,
-                    batch_size=ev.eval_batch_size,
-                    seed=trial.seed,
-                )
+    if ev.corruptions is not None:
+        out.update(
+            corruption_errors(
+                enc,
+                crit,
+                device,
+                ev.corruptions,
+                test_set,
+                rank,
+                world,
+                ev.eval_batch_size,
+                imagenet=name == "imagenet",
             )
-        if ev.corruptions is not None:
-            out.update(
-                corruption_errors(
-                    enc,
-                    crit,
-                    device,
-                    ev.corruptions,
-                    test_set,
-                    rank,
-                    world,
-                    ev.eval_batch_size,
-                    imagenet=name == "imagenet",
-                )
-            )
+        )
     return out
 
 
 def _summary(
-    metrics: dict[str, Any], history: dict[str, list[tuple[int, float]]], num_classes: int
+    metrics: dict[str, Any],
+    history: dict[str, list[tuple[int, float]]],
+    num_classes: int,
+    alpha: float,
 ) -> dict[str, float]:
     """Final and best values, and the convergence clock of each tracked NC metric."""
     from ncstudy.metrics import metric_target, steps_to_95
@@ -357,7 +484,8 @@ def _summary(
     }
     for name, series in history.items():
         steps, values = zip(*series, strict=True)
-        reached = steps_to_95(list(steps), list(values), metric_target(name, num_classes))
+        target = metric_target(name, num_classes)
+        reached = steps_to_95(list(steps), list(values), target, alpha)
         if reached is not None:
             out[f"steps_to_95/{name}"] = float(reached)
     return out
@@ -369,11 +497,26 @@ def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k.startswith(keep)}
 
 
-def _log(mlf: Any, run: dict[str, Any] | None, metrics: dict[str, Any], epoch: int) -> None:
+def _pending_view(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What Tune sees of the report that saves the checkpoint before the downstream
+    evaluations: no `epoch`, so schedulers ignore it (ASHA stops a trial at its report at
+    max_t, which must be the final one), and no test/acc1 (one progress line per epoch)."""
+    return {k: v for k, v in _tune_view(metrics).items() if k not in ("epoch", "test/acc1")}
+
+
+def _log(mlf: Any, run: dict[str, Any] | None, metrics: dict[str, Any], step: int) -> None:
+    """Log the metrics at `step` on rank 0's MLflow run, if any."""
     if mlf is not None and run is not None:
         from ncstudy import tracking
 
-        tracking.log_metrics(mlf, run["run_id"], metrics, step=epoch)
+        tracking.log_metrics(mlf, run["run_id"], metrics, step=step)
+
+
+def _tag(mlf: Any, run: dict[str, Any] | None, tags: dict[str, str]) -> None:
+    """Set tags on rank 0's MLflow run, if any."""
+    if mlf is not None and run is not None:
+        for key, value in tags.items():
+            mlf.set_tag(run["run_id"], key, value)
 
 
 def ray_train_entry(config: dict[str, Any]) -> None:

@@ -183,3 +183,82 @@ def test_tight_frame_etf_distance_floor(k: int, d: int) -> None:
     cos = frame @ frame.T
     assert float(cos[torch.triu_indices(k, k, 1).unbind()].mean()) == pytest.approx(-1 / (k - 1))
     assert m["nc2_equinorm_means"] == pytest.approx(0.0, abs=1e-9)
+
+
+def constant_gram_entropy(k: int, a: float) -> float:
+    """H of G/K for G = (1-a) I + a 11^T (unit diagonal, every off-diagonal a): its
+    eigenvalues are 1-a (K-1 times) and 1+(K-1)a, clamped at 1e-10 like the spec's H."""
+    lam = np.array([(1 - a) / k] * (k - 1) + [(1 + (k - 1) * a) / k])
+    lam = np.maximum(lam, 1e-10)
+    return float(-(lam * np.log(lam)).sum())
+
+
+def test_information_metrics_with_an_exactly_zero_global_mean() -> None:
+    """Cross-polytope e1, -e1, e2, -e2 (balanced): the global mean of z is exactly 0, so the
+    paper's normalise(0) must stay 0 (no NaN) and both variants use v_k = mu^_k. K_M = K_W has
+    eigenvalues 2, 2, 0, 0 and so has K_W o K_M: H = log 2 for all three, MI = log 2, MIR = 1,
+    HDR = 0."""
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    stats = collapsed_stats(means)
+    assert torch.equal(stats.sum_normalized.sum(0), torch.zeros(2, dtype=torch.float64))
+    m = compute_nc_metrics(stats, means)
+    h = float(-2 * 0.5 * math.log(0.5) - 2 * 1e-10 * math.log(1e-10))  # K/4: 1/2, 1/2, 0, 0
+    assert m["mir"] == m["mir_paper"] == pytest.approx((2 * h - h) / h, abs=1e-12)
+    assert m["hdr"] == m["hdr_paper"] == 0.0
+
+
+def test_information_metrics_paper_variant_with_a_nonzero_global_mean() -> None:
+    """Class means e_1, e_2, e_3 (balanced, collapsed), classifier rows W = the centred means.
+
+    ncstudy's v_k = normalise(e_k - 1/3): pairwise cosine -1/2, like W's rows, so K_W = K_M and
+    HDR = 0; K_W o K_M has off-diagonal 1/4. The paper's v_k = normalise(e_k - g^), g^ = 1/sqrt3
+    (the normalised global mean): pairwise cosine c = (1 - 2/sqrt3)/(2 - 2/sqrt3), and K_W o K_M
+    has off-diagonal -c/2. Every Gram here has constant off-diagonal: closed-form entropies.
+    """
+    k = 3
+    means = torch.eye(k, dtype=torch.float64)
+    weights = means - means.mean(0, keepdim=True)
+    m = compute_nc_metrics(collapsed_stats(means), weights)
+
+    h_w = constant_gram_entropy(k, -0.5)  # = H(K_M) of ncstudy's variant, = log 2 up to clamp
+    h_joint = constant_gram_entropy(k, 0.25)
+    assert m["hdr"] == pytest.approx(0.0, abs=1e-12)
+    assert m["mir"] == pytest.approx((2 * h_w - h_joint) / h_w, rel=1e-10)
+    assert m["mir"] == pytest.approx(0.5, abs=1e-8)  # (2 log 2 - 1.5 log 2) / log 2
+
+    c = (1 - 2 / math.sqrt(3)) / (2 - 2 / math.sqrt(3))
+    h_m = constant_gram_entropy(k, c)
+    h_joint_paper = constant_gram_entropy(k, -0.5 * c)
+    mi = h_w + h_m - h_joint_paper
+    assert m["mir_paper"] == pytest.approx(mi / min(h_w, h_m), rel=1e-10)
+    assert m["hdr_paper"] == pytest.approx(abs(h_w - h_m) / max(h_w, h_m), rel=1e-10)
+    assert m["hdr_paper"] > 0.3  # the paper's centring leaves HDR far from 0 here
+
+
+def test_gnc2_solver_must_certify_optimality(monkeypatch) -> None:
+    from ncstudy.metrics import generalized
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(12, 3))
+    q = points @ points.T + 2.0  # shifted Gram: the hull's min-norm point is not a vertex
+    weights = generalized.simplex_min_norm(q, warm_start=False)
+    assert generalized._gap(q, weights) <= generalized.ACCEPT_TOL * np.max(np.diag(q))
+    with pytest.raises(generalized.SolverNotOptimal, match="optimality gap"):
+        generalized.simplex_min_norm(q, warm_start=False, max_iter=1)
+
+    # gnc2 never reports an uncertified distance: it warns and the metric is omitted.
+    def stuck(q, scale, max_iter, support, lam):  # noqa: ANN001, ANN202
+        out = np.zeros(q.shape[0])
+        out[support] = lam
+        return out
+
+    monkeypatch.setattr(generalized, "_wolfe", stuck)
+    w = torch.from_numpy(rng.normal(size=(12, 3)))
+    with pytest.warns(RuntimeWarning, match="gnc2 omitted"):
+        assert gnc2(w) is None
+    labels = torch.arange(12).repeat(2)
+    acc = NCAccumulator(12, 3)
+    acc.update(w[labels] + 0.1 * torch.randn(24, 3, dtype=torch.float64), labels)
+    with pytest.warns(RuntimeWarning, match="gnc2 omitted"):
+        m = compute_nc_metrics(acc.statistics(), w)
+    assert "gnc2" not in m and "nc3" in m

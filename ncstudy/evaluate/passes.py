@@ -7,6 +7,8 @@ depend on the number of workers or on the batch size.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,10 +18,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
-def shard_loader(dataset: Dataset, rank: int, world_size: int, batch_size: int) -> DataLoader:
-    """Sequential loader over this rank's shard `rank::world_size` of `dataset`."""
+def shard_loader(
+    dataset: Dataset,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    num_workers: int = 0,
+    persistent_workers: bool = False,
+) -> DataLoader:
+    """Sequential loader over this rank's shard `rank::world_size` of `dataset`, decoded by
+    `num_workers` processes (the dataset's setting; 0 decodes in the worker itself)."""
     indices = list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
-    return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
+    return DataLoader(
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -44,6 +60,21 @@ def accuracy(encoder: nn.Module, criterion: Any, loader: DataLoader, device: tor
     return correct / max(count, 1.0)
 
 
+# Per-worker budget of nc_pass's feature cache for exact one-pass nc4 (beyond it: a second pass).
+NC4_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class NCPassResult:
+    """The NC metrics of one pass and where its nc4 came from: "exact" (predictions scored
+    against this pass's class means from the feature cache), "second_pass" (the same, scored in
+    a second pass: the cache overflowed, or the predictions needed this pass's prototypes) or
+    "none" (no metrics were asked for)."""
+
+    metrics: dict[str, float]
+    nc4_source: str
+
+
 @torch.no_grad()
 def nc_pass(
     encoder: nn.Module,
@@ -52,17 +83,23 @@ def nc_pass(
     num_classes: int,
     device: torch.device,
     max_intra_classes: int,
+    *,
+    set_prototypes: bool = False,
     with_metrics: bool = True,
-) -> dict[str, float]:
-    """One pass over (a shard of) the un-augmented training set: sets the loss's class means if
-    it needs them (SCL fixed prototypes), then returns the NC metrics of the reduced statistics,
-    computed with the loss's own classifier, plus the training accuracy of its prediction rule."""
+) -> NCPassResult:
+    """One pass over (a shard of) an un-augmented split: the NC metrics of the statistics
+    reduced over all ranks, computed with the loss's own classifier.
+
+    Only the training-set pass may pass `set_prototypes=True`: it stores this pass's exact
+    normalised class means as the loss's fixed prototypes (SCL fp). Passes over other splits
+    (test) leave the classifier alone, so no test statistic reaches the model or checkpoint.
+    A rank with an empty shard contributes zeros (every rank joins every collective).
+    """
     from ncstudy.metrics import NCAccumulator, compute_nc_metrics
 
     encoder.eval()
-    # Losses whose predictions depend on this pass's class means (fixed prototypes) cannot
-    # score predictions during it: their nc4 is omitted rather than computed with stale means.
-    predict_now = not criterion.needs_class_means
+    # Predictions that depend on this pass's prototypes cannot be scored during it.
+    predict_now = not (set_prototypes and criterion.needs_class_means)
     acc: NCAccumulator | None = None
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -70,37 +107,85 @@ def nc_pass(
         z = criterion.embed(h).float()
         if acc is None:
             acc = NCAccumulator(
-                num_classes, z.shape[1], max_intra_classes=max_intra_classes, device=device
+                num_classes,
+                z.shape[1],
+                max_intra_classes=max_intra_classes,
+                device=device,
+                nc4_cache_bytes=NC4_CACHE_BYTES,
             )
         acc.update(z, y, criterion.scores(h).argmax(1) if predict_now else None)
-    if acc is None:
-        raise ValueError("the metrics pass saw no data: the training set is empty")
+    dim = _agreed_dim(None if acc is None else acc.dim, device)
+    if acc is None:  # an empty shard: zeros of the right shape
+        acc = NCAccumulator(num_classes, dim, max_intra_classes=max_intra_classes, device=device)
     acc.all_reduce()
     stats = acc.statistics()
-    if criterion.needs_class_means:
+    if set_prototypes and criterion.needs_class_means:
         means = stats.sum_normalized / stats.counts.clamp_min(1).unsqueeze(1)
         criterion.set_class_means(F.normalize(means, dim=1).float())
     if not with_metrics:
-        return {}
+        return NCPassResult({}, "none")
+    if stats.nc4_samples is None:
+        # nc4 is defined against this pass's class means (spec/metrics.md): when they were not
+        # known while predicting (prototypes) or the feature cache overflowed (large shards),
+        # score the predictions in a second pass. Exact, at the cost of one inference pass.
+        stats = _nc4_second_pass(encoder, criterion, loader, stats, device)
     weights = criterion.classifier_weights()
-    return compute_nc_metrics(stats, None if weights is None else weights.double().to(device))
+    metrics = compute_nc_metrics(stats, None if weights is None else weights.double().to(device))
+    return NCPassResult(metrics, stats.nc4_source or "none")
+
+
+def _agreed_dim(local: int | None, device: torch.device) -> int:
+    """The feature dimension of the pass on every rank (a rank with no data does not know it);
+    raises on every rank at once if no rank saw any data."""
+    dim = torch.tensor([local or 0], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(dim, op=dist.ReduceOp.MAX)
+    if int(dim) == 0:
+        raise ValueError("the metrics pass saw no data: the split is empty on every worker")
+    return int(dim)
+
+
+@torch.no_grad()
+def _nc4_second_pass(
+    encoder: nn.Module, criterion: Any, loader: DataLoader, stats: Any, device: torch.device
+) -> Any:
+    """nc4 counts of the loss's predictions against the class means of `stats` (reduced)."""
+    from ncstudy.metrics.stats import nearest_class_mean
+
+    means = stats.sum_features / stats.counts.clamp(min=1)[:, None]
+    valid = stats.counts > 0
+    mismatches, samples = 0.0, 0.0
+    for x, y in loader:
+        h = encoder(x.to(device, non_blocking=True))
+        z = criterion.embed(h).to(means.dtype)
+        nearest = nearest_class_mean(z, means, valid)
+        mismatches += float((nearest != criterion.scores(h).argmax(1)).sum())
+        samples += float(len(y))
+    mismatches, samples = all_reduce_sum([mismatches, samples], device)
+    return dataclasses.replace(
+        stats, nc4_mismatches=mismatches, nc4_samples=samples, nc4_source="second_pass"
+    )
 
 
 @torch.no_grad()
 def gather_features(
     encoder: nn.Module, loader: DataLoader, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen encoder outputs and labels of every rank's shard, gathered on every rank (CPU)."""
+    """Frozen encoder outputs and labels of every rank's shard, gathered on every rank (CPU).
+    A rank with an empty shard contributes nothing (and still joins the gather)."""
     encoder.eval()
     feats, labels = [], []
     for x, y in loader:
         feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())
         labels.append(y.cpu())
-    local = (torch.cat(feats), torch.cat(labels))
-    if not dist.is_initialized():
-        return local
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
+    local = (torch.cat(feats), torch.cat(labels)) if feats else None
+    parts: list[Any] = [local]
+    if dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError("gather_features: the split is empty on every worker")
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -111,14 +196,21 @@ def probe_accuracies(
     device: torch.device,
     spec: Any,
     seed: int,
+    *,
+    splits: tuple[str, ...] = ("val", "test"),
+    nc_metrics: bool = False,
 ) -> dict[str, float]:
     """Linear probing (lp) and normalised linear probing (nlp) on the frozen encoder, trained on
-    the un-augmented training set; accuracy on val and test. Every rank trains the same probes
-    from the same gathered features and seed, so all ranks return identical numbers."""
+    the un-augmented training set; accuracy on `splits`. Every rank trains the same probes
+    from the same gathered features and seed, so all ranks return identical numbers.
+
+    With `nc_metrics`, also the NC metrics of each probe as a classifier of the encoder
+    outputs (`nc/lp/<metric>`, `nc/nlp/<metric>`): the weight-dependent metrics and nc4.
+    """
     from ncstudy.evaluate.probes import probe_accuracy, train_linear_probe
 
     train_x, train_y = gather_features(encoder, loaders["train"], device)
-    evals = {split: gather_features(encoder, loaders[split], device) for split in ("val", "test")}
+    evals = {split: gather_features(encoder, loaders[split], device) for split in splits}
     out: dict[str, float] = {}
     for name, normalized in (("lp", False), ("nlp", True)):
         probe = train_linear_probe(
@@ -132,8 +224,40 @@ def probe_accuracies(
             weight_decay=spec.weight_decay,
             temperature=spec.temperature,
             batch_size=spec.batch_size,
+            milestones=tuple(spec.milestones),
+            lr_decay=spec.lr_decay,
             seed=seed,
         )
         for split, (x, y) in evals.items():
             out[f"{split}/{name}_acc1"] = probe_accuracy(probe, x, y)
+        if nc_metrics:
+            metrics = probe_nc_metrics(probe, train_x, train_y, num_classes)
+            out.update({f"nc/{name}/{k}": v for k, v in metrics.items()})
     return out
+
+
+@torch.no_grad()
+def probe_nc_metrics(
+    probe: nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> dict[str, float]:
+    """The NC metrics that depend on a probe (its weight rows against the class means of the
+    gathered training features, and nc4 of its predictions), from statistics of features that
+    every rank already holds in full: no all-reduce, no per-class scatter."""
+    from ncstudy.metrics import NCAccumulator, compute_nc_metrics
+    from ncstudy.metrics.compute import WEIGHT_METRICS
+    from ncstudy.metrics.stats import nearest_class_mean
+
+    acc = NCAccumulator(num_classes, features.shape[1], max_intra_classes=0)
+    acc.update(features, labels)
+    stats = acc.statistics()
+    means = stats.sum_features / stats.counts.clamp(min=1)[:, None]
+    nearest = nearest_class_mean(features.double(), means, stats.counts > 0)
+    predictions = probe(features.float()).argmax(1)
+    stats = dataclasses.replace(
+        stats,
+        nc4_mismatches=float((nearest != predictions).sum()),
+        nc4_samples=float(len(labels)),
+        nc4_source="exact",
+    )
+    metrics = compute_nc_metrics(stats, probe.weight.detach().double())
+    return {k: v for k, v in metrics.items() if k in WEIGHT_METRICS or k == "nc4"}

@@ -1,9 +1,10 @@
 """The convergence clock (the source paper's Table 7): closeness, EWMA, steps to 95% / to a ref.
 
 closeness in [0, 1]: value/target for a nonzero target (K-1 for the ranks), 1 - value/initial
-for a target of 0. `steps_to_95` is the earliest step from which the EWMA of the closeness stays
->= 0.95 to the end; `steps_to_ref` the earliest step at which a trial's EWMA is at least as close
-to the target as the converged (final) EWMA of a reference trial.
+for a target of 0 (initial = the value at initialisation, step 0). `steps_to_95` is the
+earliest step from which the EWMA of the closeness stays >= 0.95 to the end; `steps_to_ref`
+the earliest step at which a trial's EWMA is at least as close to the target as the converged
+(final) EWMA of a reference trial. Both work on plain (steps, values) lists.
 """
 
 from __future__ import annotations
@@ -93,10 +94,20 @@ def _check_series(steps: Sequence[int], values: Sequence[float], what: str) -> N
 def steps_to_95(
     steps: Sequence[int], values: Sequence[float], target: float, alpha: float = 0.1
 ) -> int | None:
-    """Earliest step from which the EWMA of the closeness stays >= 0.95; None if never."""
+    """Earliest step from which the EWMA of the closeness stays >= 0.95; None if never.
+
+    The series must start at initialisation (step 0, before the first optimiser step): its
+    first value is the value at init that a target of 0 measures closeness against, and the
+    EWMA starts there. A series that starts later is refused rather than silently rescaled.
+    """
     _check_series(steps, values, "steps_to_95")
     if len(values) == 0:
         return None
+    if int(steps[0]) != 0:
+        raise ValueError(
+            f"steps_to_95: the series must start at step 0 (the value at initialisation), "
+            f"got first step {steps[0]}; run a metrics pass before the first training step"
+        )
     smooth = ewma(closeness(values, target, float(values[0])), alpha)
     below = np.flatnonzero(smooth < THRESHOLD)
     first = 0 if below.size == 0 else int(below[-1]) + 1

@@ -7,6 +7,8 @@ QP over the simplex in the Gram matrix of the points, so d never enters the per-
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
@@ -16,6 +18,10 @@ from ncstudy.metrics._linalg import cosine_matrix, off_diagonal, safe_normalize
 from ncstudy.metrics.classical import nc1, row_cosines
 
 GAP_TOL = 1e-12  # optimality gap, relative to the largest squared point norm
+# A returned point must be certified: its gap (relative) at most this. Frank-Wolfe duality bounds
+# the excess squared distance by 2 x gap, so 1e-9 leaves gnc2 exact to far below reporting
+# precision while tolerating round-off that stops Wolfe's loop above GAP_TOL.
+ACCEPT_TOL = 1e-9
 WEIGHT_TOL = 1e-10  # barycentric weights at or below this leave the active set
 
 
@@ -38,8 +44,16 @@ def max_cos_weights(weights: Tensor) -> float | None:
     return float(off_diagonal(cosine_matrix(weights)).max())
 
 
+class SolverNotOptimal(RuntimeError):
+    """The min-norm-point QP stopped without a certified optimum (its gap is too large)."""
+
+
 def gnc2(weights: Tensor) -> float | None:
-    """rho_ovr(W): min over k of the distance from w^_k to the hull of the other unit rows."""
+    """rho_ovr(W): min over k of the distance from w^_k to the hull of the other unit rows.
+
+    None (the metric is omitted) with a RuntimeWarning if any per-class QP is not certified
+    optimal: an uncertified distance is only an upper bound, not the metric.
+    """
     k = weights.shape[0]
     if k < 2:
         return None
@@ -47,8 +61,12 @@ def gnc2(weights: Tensor) -> float | None:
     gram = unit @ unit.T
     # The QPs are small: BLAS threads only add overhead (and contention on a busy node).
     rank = int(np.linalg.matrix_rank(unit)) if unit.any() else 0
-    with threadpool_limits(limits=1, user_api="blas"):
-        return min(one_vs_rest_distance(gram, c, rank) for c in range(k))
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return min(one_vs_rest_distance(gram, c, rank) for c in range(k))
+    except SolverNotOptimal as err:
+        warnings.warn(f"gnc2 omitted: {err}", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def one_vs_rest_distance(gram: np.ndarray, k: int, rank: int) -> float:
@@ -61,27 +79,41 @@ def one_vs_rest_distance(gram: np.ndarray, k: int, rank: int) -> float:
     return float(np.sqrt(max(weights @ q @ weights, 0.0)))
 
 
-def simplex_min_norm(q: np.ndarray, warm_start: bool = True) -> np.ndarray:
+def simplex_min_norm(
+    q: np.ndarray, warm_start: bool = True, max_iter: int | None = None
+) -> np.ndarray:
     """argmin over the simplex of a^T Q a, for Q the Gram of points y_j (min-norm point).
 
     With `warm_start` (for K <= d+1, where the support can be large): start from the affine
     minimiser of all points, dropping those with non-positive weights until the rest are
     positive (near a simplex ETF that is already the answer). Otherwise (K > d+1: at most d+1
     points in the support) start from the nearest vertex. Then Wolfe's algorithm, which stops
-    at the certified optimality gap x.x - min_j y_j.x <= tol.
+    at the certified optimality gap x.x - min_j y_j.x <= tol (`max_iter` major cycles at most,
+    default 20 n + 100). Raises SolverNotOptimal if the result's gap is not below ACCEPT_TOL.
     """
     n = q.shape[0]
     scale = max(float(np.max(np.diag(q))), np.finfo(np.float64).tiny)
+    iterations = 20 * n + 100 if max_iter is None else max_iter
     support = np.arange(n) if warm_start else np.arange(0)
+    weights = None
     while support.size:
         alpha = _affine_min(q[np.ix_(support, support)])
         if alpha is None:
             break
         if alpha.min() > WEIGHT_TOL:
-            return _wolfe(q, scale, 20 * n + 100, list(support), alpha)
+            weights = _wolfe(q, scale, iterations, list(support), alpha)
+            break
         support = support[alpha > WEIGHT_TOL]
-    start = int(np.argmin(np.diag(q)))
-    return _wolfe(q, scale, 20 * n + 100, [start], np.array([1.0]))
+    if weights is None:
+        start = int(np.argmin(np.diag(q)))
+        weights = _wolfe(q, scale, iterations, [start], np.array([1.0]))
+    gap = _gap(q, weights)
+    if not gap <= ACCEPT_TOL * scale:
+        raise SolverNotOptimal(
+            f"the min-norm-point QP over {n} points stopped with optimality gap {gap:.3g} "
+            f"(> {ACCEPT_TOL:g} x {scale:.3g}) after at most {iterations} iterations"
+        )
+    return weights
 
 
 def _gap(q: np.ndarray, a: np.ndarray) -> float:

@@ -10,12 +10,15 @@ nc4 needs the class means of the very pass that it scores. The accumulator there
 raw features (in their incoming dtype, so nothing is lost) and the predictions while they fit in
 `nc4_cache_bytes`; `all_reduce` (or `statistics` on one process) then scores them against the
 reduced class means, which is exact. When the cache overflows on any worker, nc4 falls back to
-`reference_means` (class means from a previous pass, scored online), or is omitted.
+`reference_means` (class means from a previous pass, scored online) if given, or is left out of
+the statistics (`nc4_source` None): the trainer's pass (`ncstudy.evaluate.passes.nc_pass`) then
+scores the predictions against this pass's means in a second pass, which is exact.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,12 +42,27 @@ class NCStatistics:
     scatter_normalized: Tensor  # (m, d, d) sum of z z^T per tracked class
     nc4_mismatches: float | None = None  # predictions != nearest class mean
     nc4_samples: float | None = None  # samples that carried a prediction
-    nc4_source: str | None = None  # "exact" (same-pass means) or "reference" (given means)
+    nc4_source: str | None = None  # "exact" (same-pass means), "reference" (given means),
+    # "second_pass" (same-pass means, predictions scored in a second pass; set by nc_pass)
 
     @property
     def num_samples(self) -> float:
         """Total number of accumulated samples N."""
         return float(self.counts.sum())
+
+
+# Elements per all_reduce call: statistics are reduced in place, in chunks of at most this size
+# (128 MiB of float64), so no backend ever needs a buffer the size of all the statistics.
+REDUCE_CHUNK_ELEMENTS = 1 << 24
+
+
+def all_reduce_in_place(tensor: Tensor, group: Any = None) -> None:
+    """Sum a contiguous tensor over all ranks in place, in chunks of REDUCE_CHUNK_ELEMENTS."""
+    import torch.distributed as dist
+
+    flat = tensor.view(-1)  # a view: the chunks write straight into `tensor`
+    for start in range(0, flat.numel(), REDUCE_CHUNK_ELEMENTS):
+        dist.all_reduce(flat[start : start + REDUCE_CHUNK_ELEMENTS], group=group)
 
 
 def intra_class_subset(num_classes: int, max_intra_classes: int) -> Tensor:
@@ -220,32 +238,34 @@ class NCAccumulator:
         if self._reduced:
             raise RuntimeError("all_reduce() called twice: it would double-count the statistics")
         self._flush_scatter()
+        # The small statistics travel together (one call); the large ones are reduced in place,
+        # chunked, so the peak memory stays one set of statistics (a flat copy of everything
+        # would double it: ~3.4 GB of scatter at d = 2048 with 100 tracked classes).
         flag = torch.tensor([1.0 if self._cache_overflowed else 0.0], device=self.device)
-        tensors = [
-            self.counts,
+        small = [self.counts, self.sq_norm_normalized, self._reference_counts, flag.to(self.dtype)]
+        packed = torch.cat(small)
+        dist.all_reduce(packed, group=group)
+        offset = 0
+        for t in small[:-1]:
+            t.copy_(packed[offset : offset + t.numel()])
+            offset += t.numel()
+        overflowed_anywhere = float(packed[-1]) > 0
+        for t in (
             self.sum_features,
-            self.second_moment,
             self.sum_normalized,
-            self.sq_norm_normalized,
+            self.second_moment,
             self._moment_normalized_untracked,
             self.scatter_normalized,
-            self._reference_counts,
-            flag.to(self.dtype),
-        ]
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, group=group)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        ):
+            all_reduce_in_place(t, group)
         self._reduced = True
         # The overflow flag is now global, so every rank makes the same (collective) choice.
-        if float(tensors[-1]) == 0.0:
+        if not overflowed_anywhere:
             local = torch.tensor(self._score_cache(), dtype=self.dtype, device=self.device)
             dist.all_reduce(local, group=group)
             if float(local[1]) > 0:
                 self._nc4_reduced = (float(local[0]), float(local[1]), "exact")
-        self._cache_overflowed = self._cache_overflowed or float(tensors[-1]) > 0
+        self._cache_overflowed = self._cache_overflowed or overflowed_anywhere
         self._cache, self._cache_bytes = [], 0
 
     def _nc4(self) -> tuple[float | None, float | None, str | None]:
