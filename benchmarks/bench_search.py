@@ -1,7 +1,8 @@
 """Optuna with pruning against the full grid, on a task where the grid is affordable: NormFace on
-the digits, temperature x learning rate. Prints each method's best validation accuracy (and the
-test accuracy of the configuration it picks) and its compute in trial-epochs (epochs actually
-trained, summed over trials), as a fraction of the grid's.
+the digits, temperature x learning rate. For each method: the best validation accuracy among its
+FINISHED trials (pruned trials never reach the end of training, so they are never picked), the
+test accuracy of that trial, and its compute in trial-epochs (epochs actually trained, summed
+over all trials, pruned ones included) as a fraction of the grid's.
 
     python benchmarks/bench_search.py [--epochs 12] [--n-trials 12] [--seeds 3]
 """
@@ -9,7 +10,10 @@ trained, summed over trials), as a fraction of the grid's.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
+from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
@@ -18,6 +22,15 @@ from ncstudy.study import run_study
 
 TEMPERATURES = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 LRS = [0.05, 0.2]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    best_val: float  # best/val_acc1 of the best FINISHED trial
+    test: float  # final/test_acc1 of that trial
+    trial_epochs: int  # epochs trained, all trials (pruned included)
+    finished: int
+    pruned: int
 
 
 def base(name: str, out: str, epochs: int) -> dict:
@@ -34,19 +47,29 @@ def base(name: str, out: str, epochs: int) -> dict:
     }
 
 
-def outcome(out: str, name: str) -> tuple[float, float, int, int]:
-    """(best val acc, test acc of that run, trial-epochs, trials) from MLflow."""
+def outcome(out: str, name: str) -> Outcome:
+    """The study's result, read from MLflow: the best FINISHED trial by validation accuracy."""
     mlf = MlflowClient(f"sqlite:///{out}/mlflow.db")
     exp = mlf.get_experiment_by_name(name)
     runs = [r for r in mlf.search_runs([exp.experiment_id]) if "ncstudy.trial_key" in r.data.tags]
-    best = max(runs, key=lambda r: r.data.metrics.get("best/val_acc1", 0.0))
-    test = mlf.get_metric_history(best.info.run_id, "test/acc1")
-    epochs = sum(int(r.data.metrics.get("epoch", 0)) for r in runs)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    best = max(finished, key=lambda r: r.data.metrics["best/val_acc1"])
+    return Outcome(
+        best_val=best.data.metrics["best/val_acc1"],
+        test=best.data.metrics["final/test_acc1"],
+        trial_epochs=sum(int(r.data.metrics.get("epoch", 0)) for r in runs),
+        finished=len(finished),
+        pruned=sum(r.info.status == "KILLED" for r in runs),
+    )
+
+
+def line(label: str, o: Outcome, grid: Outcome) -> str:
+    fraction = o.trial_epochs / grid.trial_epochs
+    gap = 100 * (grid.best_val - o.best_val)
     return (
-        best.data.metrics["best/val_acc1"],
-        test[-1].value if test else float("nan"),
-        epochs,
-        len(runs),
+        f"{label:<12} {o.finished:3d} finished {o.pruned:3d} pruned  "
+        f"best val {100 * o.best_val:6.2f} % (test {100 * o.test:6.2f} %)  "
+        f"{o.trial_epochs:5d} trial-epochs {fraction:5.2f}  gap {gap:+.2f} pts"
     )
 
 
@@ -58,13 +81,12 @@ def main() -> None:
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="ncstudy-search-")
 
+    started = time.perf_counter()
     run_study(parse_study(base("grid", out, args.epochs)))
-    g_val, g_test, g_epochs, g_trials = outcome(out, "grid")
-    print(
-        f"grid        {g_trials:3d} trials  best val {100 * g_val:6.2f} %  "
-        f"(test {100 * g_test:6.2f} %)  {g_epochs:5d} trial-epochs  1.00"
-    )
+    grid = outcome(out, "grid")
+    print(line("grid", grid, grid), flush=True)
     for pruner in ("asha", "none"):
+        results = []
         for seed in range(args.seeds):
             name = f"optuna-{pruner}-{seed}"
             spec = base(name, out, args.epochs)
@@ -77,12 +99,16 @@ def main() -> None:
                 "space": {"temperature": TEMPERATURES, "train.lr": LRS},
             }
             run_study(parse_study(spec))
-            val, test, epochs, trials = outcome(out, name)
-            print(
-                f"tpe+{pruner:<5} s{seed} {trials:3d} trials  best val {100 * val:6.2f} %  "
-                f"(test {100 * test:6.2f} %)  {epochs:5d} trial-epochs  "
-                f"{epochs / g_epochs:.2f}  gap {100 * (g_val - val):+.2f} pts"
-            )
+            results.append(outcome(out, name))
+            print(line(f"tpe+{pruner} s{seed}", results[-1], grid), flush=True)
+        gap = statistics.mean(grid.best_val - r.best_val for r in results)
+        frac = statistics.mean(r.trial_epochs / grid.trial_epochs for r in results)
+        print(
+            f"tpe+{pruner} mean over {args.seeds} seeds: gap {100 * gap:+.2f} pts of best val "
+            f"at {frac:.2f} of the grid's trial-epochs",
+            flush=True,
+        )
+    print(f"total {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,45 +1,137 @@
-"""Optuna searches run by Ray Tune: one Optuna study per loss, stored in SQLite next to the
-results (`<study>/optuna.db`, readable by `optuna-dashboard`), pruned by ASHA or the median rule
-on the per-epoch metric. A resumed search continues the same Optuna study."""
+"""Optuna searches run by Ray Tune: one Optuna study per loss, stored next to the results
+(`<study>/optuna.db`, or the RDB URL in NCSTUDY_OPTUNA_STORAGE on a cluster; readable by
+`optuna-dashboard`), pruned by ASHA or the median rule on the per-epoch metric. A resumed search
+continues the same Optuna study: no trial is repeated and none is lost."""
 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from ncstudy import tracking
 from ncstudy.spec import LossSpec, RangeSpec, SearchSpec, StudySpec, TrialSpec, resolve_trial
+
+STORAGE_ENV = "NCSTUDY_OPTUNA_STORAGE"
+STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"
+RETRY_OF_ATTR = "ncstudy.retry_of"  # user attr of a trial that re-runs a lost (stale) one
+log = logging.getLogger(__name__)
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that records trials stopped by the scheduler as PRUNED (Ray's records them
-    as COMPLETE with their last value) and NaN-failed trials as FAIL, so the Optuna study and
-    its dashboard say what happened."""
+    """OptunaSearch with the bookkeeping a study needs: trials stopped by the scheduler are
+    PRUNED (Ray's records them COMPLETE with their last value) and their MLflow runs end
+    KILLED at once, with the epoch they stopped at; NaN-failed trials are FAIL; Optuna steps are
+    our own epochs (Tune's training_iteration restarts at 1 after a trial restart)."""
+
+    def __init__(self, *args: Any, pruner: str = "none", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pruner = pruner
+        self._constants: dict[str, Any] = {}  # the param space's constants (study, env, ...)
+        self._configs: dict[str, dict[str, Any]] = {}  # Tune trial id -> suggested config
+        self._reported: dict[str, set[int]] = {}  # Tune trial id -> epochs told to Optuna
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        # the constants name a trial's run (study, loss_index) and find it in MLflow (env)
+        self._constants = {k: v for k, v in config.items() if k != "point"}
+        return super().set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict | None:
         """The sampled point, plus its Optuna trial number (it names the trial's run)."""
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             config = {**config, "optuna_trial": self._ot_trials[trial_id].number}
+            self._configs[trial_id] = config
         return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._completed_trials:
+            self._report(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        status = (result or {}).get("status")
-        if error or status == "finished" or trial_id in self._completed_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        ot_trial = self._ot_trials[trial_id]
-        if status != "failed" and result and self.metric in result:
-            # a trial stopped at its first report never reached on_trial_result: keep its value
-            ot_trial.report(result[self.metric], step=int(result.get("epoch", 1)))
-        failed = status == "failed"
-        state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.PRUNED
-        self._ot_study.tell(ot_trial, state=state)
+        if trial_id in self._completed_trials:
+            return
+        result = result or {}
+        status = result.get("status")
+        if error or status == "failed":
+            self._tell(trial_id, TrialState.FAIL)  # the trial closed its own run as FAILED
+        elif status == "finished":
+            self._tell(trial_id, TrialState.COMPLETE, result.get(self.metric))
+            # a scheduler that stops a trial at max_t stops it inside its last report, before
+            # the trial function could close its run
+            self._close_run(trial_id, "FINISHED")
+        else:  # stopped by the scheduler before its last epoch
+            self._report(trial_id, result)  # stopped at this report: Optuna never saw it
+            self._tell(trial_id, TrialState.PRUNED)
+            if "epoch" in result:  # it ran: its run ends here, not at the end of the study
+                self._close_run(trial_id, "KILLED", int(result["epoch"]))
         self._completed_trials.add(trial_id)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        if "epoch" not in result or self.metric not in result:
+            return  # e.g. the checkpoint report before the downstream evaluations (train.py)
+        epoch = int(result["epoch"])
+        seen = self._reported.setdefault(trial_id, set())
+        if epoch not in seen:  # a trial restarted from a checkpoint reports epochs again
+            self._ot_trials[trial_id].report(result[self.metric], step=epoch)
+            seen.add(epoch)
+
+    def _tell(self, trial_id: str, state: TrialState, value: float | None = None) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        try:
+            if state == TrialState.COMPLETE:  # Optuna records a NaN or missing value as FAIL
+                self._ot_study.tell(ot_trial, value)
+            else:
+                self._ot_study.tell(ot_trial, state=state)
+        except RuntimeError:
+            # GridSampler.after_trial calls study.stop() once every grid point has started;
+            # outside Study.optimize() that raises, after the state is stored (Ray's own
+            # OptunaSearch swallows it too). Anything else that left the trial open is real.
+            stored = self._ot_study._storage.get_trial(ot_trial._trial_id).state
+            if not stored.is_finished():
+                raise
+
+    def _close_run(self, trial_id: str, status: str, epoch: int | None = None) -> None:
+        """End the trial's MLflow run if it is still RUNNING (a stopped trial's process never
+        returns to close it): KILLED with the epoch it stopped at, or FINISHED."""
+        env, config = self._constants.get("env"), self._configs.get(trial_id)
+        if env is None or config is None:  # no MLflow behind this searcher (unit tests)
+            return
+        from mlflow.exceptions import MlflowException
+
+        from ncstudy.trial import trial_of
+
+        key = trial_of({**self._constants, **config}).key
+        try:
+            mlf = tracking.client(env["tracking_uri"])
+            for run in tracking.find_runs(mlf, env["experiment_id"], tracking.TRIAL_KEY_TAG, key):
+                if run.info.status != "RUNNING":
+                    continue
+                if status == "KILLED":
+                    mlf.set_tag(run.info.run_id, STOPPED_AT_TAG, str(epoch))
+                    reason = f"pruned by {self._pruner} at epoch {epoch}"
+                    tracking.finish_run(mlf, run.info.run_id, "KILLED", reason)
+                else:
+                    tracking.finish_run(mlf, run.info.run_id, status)
+        except (MlflowException, OSError) as err:
+            # raising here would make Tune fail and retry the stopped trial; the study closes
+            # every run still RUNNING when it ends (study._close_open_runs)
+            log.warning(
+                "could not close the MLflow run of %s now (%s); it is closed at the "
+                "end of the study",
+                key,
+                err,
+            )
 
 
 def loss_space(search: SearchSpec, loss: LossSpec) -> dict[str, RangeSpec | list[Any]]:
@@ -76,7 +168,8 @@ def n_trials(search: SearchSpec, loss: LossSpec) -> int:
 
 
 def tune_space(search: SearchSpec, loss: LossSpec) -> dict[str, Any]:
-    """Tune domains of the space (OptunaSearch converts them to Optuna distributions)."""
+    """Tune domains of the space (OptunaSearch converts them to Optuna distributions named
+    `point/<name>`, the names the grid sampler's space uses)."""
     from ray import tune
 
     out: dict[str, Any] = {}
@@ -104,7 +197,37 @@ def trial_from_point(study: StudySpec, loss_index: int, point: dict[str, Any]) -
 
 
 def optuna_storage_url(study_dir: Path) -> str:
-    return f"sqlite:///{study_dir.resolve()}/optuna.db"
+    """Where the Optuna studies live: the RDB URL in NCSTUDY_OPTUNA_STORAGE (a database every
+    node of a cluster reaches: postgresql://..., mysql://..., sqlite:////shared/abs/path.db),
+    else a SQLite file next to the results, `<study_dir>/optuna.db`."""
+    url = os.environ.get(STORAGE_ENV, "").strip()
+    if not url:
+        return f"sqlite:///{study_dir.resolve()}/optuna.db"
+    from ncstudy.study import StudyError
+
+    if "://" not in url:
+        raise StudyError(
+            f"{STORAGE_ENV}={url!r} is not an Optuna RDB URL; set it to e.g. "
+            "postgresql://user@host/db or sqlite:////shared/abs/path/optuna.db, or unset it "
+            "to keep the study's own <output_dir>/<study>/optuna.db"
+        )
+    return url
+
+
+def dashboard_command(study_dir: Path) -> str:
+    """The optuna-dashboard command for this study's storage, without any password in the URL
+    (the dashboard takes the same URL; the password stays in NCSTUDY_OPTUNA_STORAGE)."""
+    from sqlalchemy.engine import make_url
+
+    url = optuna_storage_url(study_dir)
+    shown = make_url(url).render_as_string(hide_password=True)
+    note = f"  (password: see {STORAGE_ENV})" if shown != url else ""
+    return f"optuna-dashboard {shown}{note}"
+
+
+def optuna_study_name(study: StudySpec, loss: LossSpec) -> str:
+    """One Optuna study per loss of the ncstudy study."""
+    return f"{study.name}-{loss.name}"
 
 
 def make_sampler(search: SearchSpec, loss: LossSpec) -> optuna.samplers.BaseSampler:
@@ -120,16 +243,21 @@ def make_sampler(search: SearchSpec, loss: LossSpec) -> optuna.samplers.BaseSamp
     return optuna.samplers.GridSampler(space, seed=search.seed)
 
 
-def make_searcher(study: StudySpec, loss: LossSpec, study_dir: Path) -> Any:
-    """Ray Tune's OptunaSearch over an Optuna study kept in `<study_dir>/optuna.db`."""
+def make_searcher(study: StudySpec, loss: LossSpec, study_dir: Path) -> PruningOptunaSearch:
+    """Ray Tune's OptunaSearch over the loss's Optuna study. Called for a new Tuner only (a
+    Tuner restored from Tune's saved state keeps its own searcher), so trials the storage still
+    holds as RUNNING belong to a run that is gone: they are retired and re-run."""
     search = study.search
     assert search is not None
+    storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir))
+    retire_stale_trials(storage, optuna_study_name(study, loss))
     return PruningOptunaSearch(
         metric=search.metric,
         mode=search.mode,
         sampler=make_sampler(search, loss),
-        study_name=f"{study.name}-{loss.name}",
-        storage=optuna.storages.RDBStorage(optuna_storage_url(study_dir)),
+        study_name=optuna_study_name(study, loss),
+        storage=storage,
+        pruner=search.pruner,
     )
 
 
@@ -158,19 +286,38 @@ def make_scheduler(search: SearchSpec, max_epochs: int) -> Any:
     return None
 
 
-def finished_optuna_trials(study: StudySpec, loss: LossSpec, study_dir: Path) -> int:
-    """Trials the loss's Optuna study already holds as complete or pruned (for resume)."""
-    path = study_dir / "optuna.db"
-    if not path.exists():
-        return 0
+def retire_stale_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """Mark the study's RUNNING trials FAIL and enqueue each one's point again (user attr
+    `ncstudy.retry_of`), so a resume without Tune's saved state neither leaves them RUNNING in
+    the dashboard nor loses them. Returns how many were retired."""
     try:
-        ot = optuna.load_study(
-            study_name=f"{study.name}-{loss.name}", storage=optuna_storage_url(study_dir)
-        )
+        ot = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return 0
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sum(t.state in done for t in ot.get_trials(deepcopy=False))
+    stale = ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        ot.tell(t.number, state=TrialState.FAIL)
+        ot.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
+        log.warning(
+            "optuna trial %d of %s was left RUNNING: marked FAIL, re-queued", t.number, study_name
+        )
+    return len(stale)
+
+
+def finished_optuna_trials(study: StudySpec, loss: LossSpec, study_dir: Path) -> int:
+    """Trials of the loss's search that already have an outcome (for resume): COMPLETE, PRUNED
+    and FAIL (a NaN loss, a crash), but not a stale trial retired by `retire_stale_trials`,
+    whose re-run is still to come."""
+    url = optuna_storage_url(study_dir)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return 0  # nothing stored yet (and never create an empty database file here)
+    try:
+        ot = optuna.load_study(study_name=optuna_study_name(study, loss), storage=url)
+    except KeyError:
+        return 0
+    trials = ot.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
+    return sum(t.state.is_finished() and t.number not in retried for t in trials)
 
 
 def search_points(search: SearchSpec, loss: LossSpec) -> list[dict[str, Any]]:

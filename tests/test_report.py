@@ -18,6 +18,7 @@ from ncstudy.convergence_ref import REFERENCE_TAG, choose_reference, log_steps_t
 from ncstudy.report import load_study_data, write_report
 from ncstudy.report.cli import main as report_main
 from ncstudy.report.cli import resolve_target
+from ncstudy.report.clock import fill_steps_to_ref
 from ncstudy.report.markdown import markdown_table
 from ncstudy.report.tables import MISSING, all_tables
 from ncstudy.spec import expand, parse_study
@@ -29,6 +30,7 @@ STUDY = {
     "train": {"epochs": 4, "warmup_epochs": 1},
     "losses": [{"name": "ce"}, {"name": "normface"}],
     "grid": {"temperature": [0.1, 0.5], "batch_size": [32, 64], "seed": [0, 1]},
+    "evaluation": {"convergence": {"ewma_alpha": 1.0}},  # no smoothing: steps by hand
 }
 STEPS = [1, 2, 3, 4]
 # (val, test) per trial; normface b32: tau 0.1 has the better validation accuracy, tau 0.5 the
@@ -180,6 +182,53 @@ def test_steps_to_ref_against_the_hand_computed_steps(store: SimpleNamespace) ->
     part2 = [p for p in conv.index.get_level_values(0) if p.startswith("(II)")][0]
     assert conv.loc[(part2, "normface"), "erank_inter %"] == pytest.approx(100 * 2 / 3)
     assert conv.loc[(part2, "ce"), "erank_inter %"] == pytest.approx(100.0)
+
+
+def test_the_report_computes_steps_to_ref_a_partial_study_did_not_log(
+    store: SimpleNamespace,
+) -> None:
+    """An interrupted study logs no steps_to_ref (the study logs them when it completes): the
+    report computes them from the histories, with the same reference rule and clock."""
+    logged = store.data.trials.set_index("key")
+    columns = [c for c in logged.columns if c.startswith("steps_to_ref/")]
+    assert "steps_to_ref/erank_inter" in columns
+    partial = store.data.trials.drop(columns=columns).assign(reference=None, steps_to_ref_by=None)
+    filled = fill_steps_to_ref(partial, store.data.histories).set_index("key")
+    for key, row in logged.iterrows():
+        if not isinstance(row["reference"], str):  # unfinished, failed, or no reference
+            assert not isinstance(filled.loc[key, "reference"], str), key
+            continue
+        assert filled.loc[key, "reference"] == row["reference"]
+        assert filled.loc[key, "steps_to_ref_by"] == "report"
+        for c in columns:  # what log_steps_to_ref logged (NaN: never reached)
+            assert filled.loc[key, c] == pytest.approx(row[c], nan_ok=True), (key, c)
+    assert filled.loc["normface-t0.1-b32-s1", "steps_to_ref/erank_inter"] == 2  # by hand
+    table = {t.name: t for t in all_tables(filled.reset_index())}["convergence"]
+    conv = table.data.set_index(["part", "loss"])
+    part2 = [p for p in conv.index.get_level_values(0) if p.startswith("(II)")][0]
+    assert conv.loc[(part2, "normface"), "erank_inter %"] == pytest.approx(100 * 2 / 3)
+    assert "computed by the report" in table.caption
+
+
+def test_an_unreadable_study_yaml_is_a_visible_warning(
+    store: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    bad = tmp_path / "study.yaml"
+    bad.write_text(yaml.safe_dump({**STUDY, "grid": {"temperature": [-1.0]}}))
+    data = load_study_data("fake", store.uri, bad)
+    assert len(data.trials) == 11  # ce-b64-s1 never started and cannot be listed
+    (warning,) = data.warnings
+    assert "does not validate" in warning and "11 trials with an MLflow run" in warning
+    report = write_report(data, tmp_path / "report", log_to_mlflow=False)
+    assert warning in (tmp_path / "report" / "report.md").read_text()
+    assert 'class="warning"' in report.index.read_text()
+    # the command line says it on stderr too
+    import ncstudy.report.load as load
+
+    monkeypatch.setattr(load, "load_study_data", lambda *a, **k: data)
+    out = tmp_path / "cli-report"
+    assert report_main(["fake", "--output", str(store.out), "--out", str(out), "--no-mlflow"]) == 0
+    assert f"warning: {warning}" in capsys.readouterr().err
 
 
 def test_choose_reference_prefers_the_same_grid_point() -> None:

@@ -55,7 +55,9 @@ def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> 
         "is chosen by validation accuracy, never by test accuracy.",
         f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by python -m ncstudy.report.",
     ]
-    markdown = [f"# Report: {data.name}\n", *(m + "\n" for m in meta), ""]
+    alerts = [f"Warning: {w}" for w in data.warnings]
+    markdown = [f"# Report: {data.name}\n", *(f"> **{a}**\n" for a in alerts)]
+    markdown += [*(m + "\n" for m in meta), ""]
     markdown += [table_markdown(t) for t in tables]
     markdown += [
         f"## {f.title}\n\n{f.caption}\n\n![{f.title}](figures/{f.path.name})\n" for f in figures
@@ -63,7 +65,7 @@ def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> 
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(markdown))
     index = out_dir / "index.html"
-    index.write_text(render_index(f"Report: {data.name}", meta, tables, figures))
+    index.write_text(render_index(f"Report: {data.name}", meta, tables, figures, alerts))
     files += [report_md, index]
 
     logged_to = None

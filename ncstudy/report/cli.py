@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     out_dir = Path(args.out).expanduser().resolve() if args.out else target.study_dir / "report"
     report = write_report(data, out_dir, log_to_mlflow=not args.no_mlflow)
     print(f"study '{data.name}': {status_line(data)}")

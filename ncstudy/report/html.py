@@ -16,6 +16,7 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .meta { color: #555; } .caption { color: #444; max-width: 900px; }
+.warning { color: #8a1f11; background: #fdecea; border: 1px solid #f5c2bd; padding: 6px 10px; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
@@ -50,9 +51,14 @@ def image_tag(figure: FigureFile) -> str:
 
 
 def render_index(
-    title: str, meta: list[str], tables: list[Table], figures: list[FigureFile]
+    title: str,
+    meta: list[str],
+    tables: list[Table],
+    figures: list[FigureFile],
+    warnings: list[str] | None = None,
 ) -> str:
-    """The whole page: a header, the tables (with links to their CSV/Markdown), the figures."""
+    """The whole page: a header (warnings first), the tables (with links to their CSV and
+    Markdown), the figures."""
     nav = "".join(f'<a href="#{t.name}">{html.escape(t.title)}</a>' for t in tables)
     nav += "".join(f'<a href="#{f.name}">{html.escape(f.title)}</a>' for f in figures)
     parts = [
@@ -60,6 +66,7 @@ def render_index(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        "".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings or []),
         "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta),
         f"<nav>{nav}</nav>",
     ]

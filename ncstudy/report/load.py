@@ -2,7 +2,9 @@
 per-epoch histories of the metrics the figures draw.
 
 The study's own YAML (its folder's `study.yaml`, else the parent run's artifact) gives the full
-list of expected trials, so a partial study shows its never-started trials as such.
+list of expected trials, so a partial study shows its never-started trials as such; when it
+cannot be read, the report says so (`StudyData.warnings`) instead of silently showing fewer
+trials.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 
 from ncstudy import tracking
 from ncstudy.convergence_ref import REFERENCE_TAG, metric_series, quiet_downloads
+from ncstudy.report.clock import fill_steps_to_ref
 
 NOT_STARTED = "NOT STARTED"
 HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss")
@@ -39,7 +42,13 @@ BASE_COLUMNS = [
     "epochs",
     "num_classes",
     "reference",
+    "steps_to_ref_by",  # "study" (logged at its end) or "report" (computed from the histories)
+    "clock_reference_loss",  # evaluation.convergence.reference_loss of the trial
+    "clock_ewma_alpha",  # evaluation.convergence.ewma_alpha of the trial
+    "transfer_reference_loss",  # evaluation.transfer.reference_loss (None without transfer)
 ]
+# ncstudy's defaults of those settings, for runs logged before they existed (they used these)
+DEFAULTS = {"clock_reference_loss": "ce", "clock_ewma_alpha": 0.1, "transfer_reference_loss": None}
 
 
 class ReportError(RuntimeError):
@@ -57,6 +66,7 @@ class StudyData:
     trials: pd.DataFrame  # one row per trial: BASE_COLUMNS + every logged metric (latest value)
     histories: pd.DataFrame  # long form: key, metric, step, value
     spec: Any | None  # the StudySpec, when its YAML could be read and validated
+    warnings: tuple[str, ...] = ()  # what the report could not do, shown at its top
 
 
 def open_client(tracking_uri: str) -> Any:
@@ -92,33 +102,49 @@ def load_study_data(
         if tracking.TRIAL_KEY_TAG in r.data.tags
     }
     parent_id = parents[0].info.run_id if parents else None
-    spec = _study_spec(mlf, parent_id, study_yaml)
+    spec, problem = _study_spec(mlf, parent_id, study_yaml)
     trials = trial_frame(spec, by_key)
-    hist = history_frame(mlf, by_key) if histories else empty_histories()
-    return StudyData(name, tracking_uri, exp.experiment_id, parent_id, trials, hist, spec)
+    warnings = []
+    if problem is not None:
+        warnings.append(
+            f"{problem}: trials that never started cannot be listed, so the tables show only "
+            f"the {len(by_key)} trials with an MLflow run (and their own settings)"
+        )
+    if histories:
+        hist = history_frame(mlf, by_key)
+        trials = fill_steps_to_ref(trials, hist)
+    else:
+        hist = empty_histories()
+    return StudyData(
+        name, tracking_uri, exp.experiment_id, parent_id, trials, hist, spec, tuple(warnings)
+    )
 
 
-def _study_spec(mlf: Any, parent_id: str | None, study_yaml: Path | None) -> Any | None:
-    """The StudySpec from the study folder's YAML, else from the parent run's artifact."""
+def _study_spec(
+    mlf: Any, parent_id: str | None, study_yaml: Path | None
+) -> tuple[Any | None, str | None]:
+    """The StudySpec from the study folder's YAML, else from the parent run's artifact; or
+    None and why it could not be read."""
     from mlflow.exceptions import MlflowException
 
     from ncstudy.spec import SpecError, parse_study
 
-    text = None
+    text, source = None, None
     if study_yaml is not None and study_yaml.exists():
-        text = study_yaml.read_text()
+        text, source = study_yaml.read_text(), str(study_yaml)
     elif parent_id is not None:
         with quiet_downloads(), tempfile.TemporaryDirectory() as tmp:
             try:
                 text = Path(mlf.download_artifacts(parent_id, "study.yaml", tmp)).read_text()
+                source = f"the study.yaml of parent run {parent_id}"
             except (OSError, MlflowException):
-                text = None  # no artifact: the runs' own tags still describe the trials
+                text = None
     if text is None:
-        return None
+        return None, "no study.yaml was found (study folder or parent-run artifact)"
     try:
-        return parse_study(yaml.safe_load(text), "study.yaml")
-    except SpecError:
-        return None  # an older or edited spec: the runs' own tags still describe the trials
+        return parse_study(yaml.safe_load(text), "study.yaml"), None
+    except (SpecError, yaml.YAMLError) as err:  # edited, or written by another version
+        return None, f"{source} does not validate with this ncstudy ({err})"
 
 
 def _expected(spec: Any | None) -> list[Any]:
@@ -139,7 +165,7 @@ def trial_frame(spec: Any | None, by_key: dict[str, Any]) -> pd.DataFrame:
         seen.add(t.key)
     for key, run in by_key.items():
         if key not in seen:
-            rows.append(_row_from_run(key, run))
+            rows.append(_row_from_run(key, run, spec))
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=BASE_COLUMNS)
@@ -162,11 +188,24 @@ def _row_from_spec(t: Any, run: Any | None) -> dict[str, Any]:
         "axes": dict(t.axes),
         "epochs": int(t.ufm.iterations if t.ufm is not None else t.train.epochs),
         "num_classes": num_classes_of(t),
+        **_settings(t),
     }
     return {**row, **_run_fields(run)}
 
 
-def _row_from_run(key: str, run: Any) -> dict[str, Any]:
+def _settings(t: Any) -> dict[str, Any]:
+    """The evaluation settings the report needs, from a TrialSpec or StudySpec."""
+    ev = t.evaluation
+    return {
+        "clock_reference_loss": ev.convergence.reference_loss,
+        "clock_ewma_alpha": float(ev.convergence.ewma_alpha),
+        "transfer_reference_loss": ev.transfer.reference_loss if ev.transfer else None,
+    }
+
+
+def _row_from_run(key: str, run: Any, spec: Any | None) -> dict[str, Any]:
+    """A run the spec does not list (a search trial, or no readable spec): its tags and
+    params; the study's spec, where there is one, fills what they lack."""
     tags, params = run.data.tags, run.data.params
     temperature = tags.get("temperature", "none")
     epochs = params.get("train.epochs")
@@ -180,19 +219,42 @@ def _row_from_run(key: str, run: Any) -> dict[str, Any]:
         "model": tags.get("model", "?"),
         "axes": {k[len("axes.") :]: v for k, v in params.items() if k.startswith("axes.")},
         "epochs": int(epochs) if epochs and epochs.isdigit() else math.nan,
-        "num_classes": math.nan,
+        "num_classes": _study_num_classes(spec),
+        **(_settings(spec) if spec is not None else DEFAULTS),
     }
+    logged = {
+        "clock_reference_loss": params.get("evaluation.convergence.reference_loss"),
+        "clock_ewma_alpha": params.get("evaluation.convergence.ewma_alpha"),
+    }
+    row.update({k: v for k, v in logged.items() if v is not None})
+    row["clock_ewma_alpha"] = float(row["clock_ewma_alpha"])
+    transfer = params.get("evaluation.transfer.reference_loss")
+    if transfer is not None:
+        row["transfer_reference_loss"] = transfer
     return {**row, **_run_fields(run)}
+
+
+def _study_num_classes(spec: Any | None) -> float:
+    """K of every trial of a study whose trials share one dataset (a search), else NaN."""
+    if spec is None or any(p.startswith("dataset.") or p == "ufm.K" for p in spec.grid.axes):
+        return math.nan
+    if spec.ufm is not None:
+        return int(spec.ufm.K)
+    from ncstudy.data.registry import dataset_num_classes
+
+    return dataset_num_classes(spec.dataset)
 
 
 def _run_fields(run: Any | None) -> dict[str, Any]:
     if run is None:
         return {"run_id": None, "status": NOT_STARTED, "reason": None, "reference": None}
+    reference = run.data.tags.get(REFERENCE_TAG)
     return {
         "run_id": run.info.run_id,
         "status": run.info.status,
         "reason": run.data.tags.get(tracking.REASON_TAG),
-        "reference": run.data.tags.get(REFERENCE_TAG),
+        "reference": reference,
+        "steps_to_ref_by": "study" if reference is not None else None,
         **run.data.metrics,
     }
 

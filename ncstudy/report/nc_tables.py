@@ -123,15 +123,25 @@ def convergence(trials: pd.DataFrame) -> Table:
                     row[f"{m} epochs"] = np.mean([g[1] for g in ok]) if ok else np.nan
                 data.append(row)
                 shown.append(show)
+    refs = ", ".join(str(r) for r in ordered(column(t, "clock_reference_loss").dropna()))
+    by_report = (column(t, "steps_to_ref_by") == "report").any()
+    note = (
+        " (II) is computed by the report from the NC histories for the finished trials the "
+        "study did not log it on (it logs it when the whole study completes)."
+        if by_report
+        else ""
+    )
     return Table(
         "convergence",
         "Convergence speed (Table 7)",
         "(I) the epoch from which the EWMA of the closeness to the NC target stays >= 95 %, as "
         "% of the trial's epochs; (II) the first epoch at which the trial's EWMA reaches the "
-        "converged (final EWMA) value of its reference trial (the ce trial with the same seed "
-        "and grid point), as % of the epoch at which the reference itself reaches it. Epochs in "
-        f"brackets; mean over finished seeds at each loss's {SELECTION}; [k/n]: reached by k of "
-        f"n seeds. not reached: never within training. {MISSING}: no reference or no data.",
+        "converged (final EWMA) value of its reference trial (the "
+        f"{refs or 'ce'} trial with the same seed and grid point, "
+        "evaluation.convergence.reference_loss), as % of the epoch at which the reference "
+        "itself reaches it. Epochs in brackets; mean over finished seeds at each loss's "
+        f"{SELECTION}; [k/n]: reached by k of n seeds. not reached: never within training. "
+        f"{MISSING}: no reference or no data.{note}",
         drop_single_setting(pd.DataFrame(data)),
         drop_single_setting(pd.DataFrame(shown)),
     )
