@@ -1,8 +1,9 @@
 """Loader throughput (images/s) on the offline CIFAR-10 copy with the training augmentation
 (RandomResizedCrop scale 0.2-1 + flip, normalised float32 batches): FFCV (raw and JPEG betons)
-against the torchvision DataLoader + DistributedSampler path, in the same process.
+against the torchvision DataLoader + DistributedSampler path, in the same process; and the SCL
+two-view augmentation (crop + flip + colour jitter + grayscale per view) on both paths.
 
-    python benchmarks/bench_loaders.py --per-class 500 --epochs 3 --workers 0 2
+    python benchmarks/bench_loaders.py --per-class 500 --epochs 2 --workers 0 2
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from data_prep.write_beton import official_sources, write_beton
 from ncstudy.data import build_data
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
 from ncstudy.spec import DatasetSpec
+from ncstudy.train import MultiView
 
 
 def images_per_second(make: Callable[[int], Iterable], epochs: int) -> float:
@@ -102,6 +104,32 @@ def main() -> None:
             ratio = rate / baseline[workers]
             label = f"ffcv ({mode} beton)"
             print(f"{label:34s} {max(1, workers):7d} {rate:10.0f} {ratio:14.2f}")
+    # SCL: 2 views per image; images/s counts images (each with its 2 views)
+    scl_base: dict[int, float] = {}
+    for workers in args.workers:
+
+        def torch_views(epoch: int, w: int = workers):
+            views = MultiView(b.train_contrastive, 2)
+            sampler = DistributedSampler(views, num_replicas=1, rank=0, seed=0)
+            sampler.set_epoch(epoch)
+            return DataLoader(
+                views, args.batch_size, sampler=sampler, drop_last=True, num_workers=w
+            )
+
+        scl_base[workers] = images_per_second(torch_views, args.epochs)
+        print(
+            f"{'SCL 2 views, torchvision':34s} {workers:7d} {scl_base[workers]:10.0f} {1.0:14.2f}"
+        )
+    for workers in args.workers:
+        loader = bundle(work / "raw", max(1, workers)).train_loader(0, 1, args.batch_size, 0, 2)
+
+        def ffcv_views(epoch: int, loader=loader):
+            loader.set_epoch(epoch)
+            return loader
+
+        rate = images_per_second(ffcv_views, args.epochs)
+        label = "SCL 2 views, ffcv (raw beton)"
+        print(f"{label:34s} {max(1, workers):7d} {rate:10.0f} {rate / scl_base[workers]:14.2f}")
 
 
 if __name__ == "__main__":

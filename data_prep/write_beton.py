@@ -16,19 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ncstudy.data.ffcv_loader import BETON_NAMES, beton_path
 from ncstudy.data.images import ImageSource
-
-BETON_NAMES = {  # dataset name -> the file stem its DataBundle reads
-    "cifar10": "cifar10",
-    "cifar10_lt": "cifar10",
-    "cifar100": "cifar100",
-    "cifar100_lt": "cifar100",
-    "cifar10_jpeg": "cifar10_jpeg",
-    "cifar10_jpeg_lt": "cifar10_jpeg",
-    "imagefolder": "imagefolder",
-    "imagenet": "imagenet",
-    "imagenet100": "imagenet100",
-}
 
 
 class RawItems:
@@ -116,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sources = official_sources(args.dataset, args.root, args.download)
     for split in args.splits:
-        out = Path(args.out) / f"{BETON_NAMES[args.dataset]}_{split}.beton"
+        out = beton_path(args.out, BETON_NAMES[args.dataset], split)
         write_beton(
             sources[split], out, args.mode, args.max_resolution, args.jpeg_quality, args.workers
         )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from ncstudy.data import build_data, list_datasets
 from ncstudy.data import transforms as tf
@@ -178,12 +179,21 @@ def test_imagefolder_counts_classes_and_needs_root(cifar_jpeg_root: Path) -> Non
         build_data(DatasetSpec(name="imagenet100", root=str(cifar_jpeg_root)), 0)
 
 
-def test_spec_refuses_incomplete_data_options() -> None:
+@pytest.mark.parametrize("installed", [True, False])
+def test_spec_refuses_incomplete_data_options(
+    installed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ncstudy.data import ffcv_loader
+
+    # the YAML's own mistakes are reported whether or not the ffcv extra is installed
+    monkeypatch.setattr(ffcv_loader, "ffcv_installed", lambda: installed)
     study = {"name": "t", "losses": [{"name": "ce"}]}
     with pytest.raises(SpecError, match="imbalance_ratio"):
         parse_study({**study, "dataset": {"name": "cifar10_lt"}})
-    with pytest.raises(SpecError, match="beton_dir"):
+    with pytest.raises(SpecError, match="beton_dir: loader: ffcv needs the folder"):
         parse_study({**study, "dataset": {"name": "cifar10", "loader": "ffcv"}})
+    with pytest.raises(SpecError, match="ffcv serves image datasets"):
+        parse_study({**study, "dataset": {"name": "digits", "loader": "ffcv", "beton_dir": "/b"}})
     with pytest.raises(SpecError, match="imbalance_ratio"):
         parse_study({**study, "dataset": {"name": "cifar10", "imbalance_ratio": 5}})
 
@@ -196,3 +206,77 @@ def test_ffcv_without_the_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     data = {"name": "cifar10", "loader": "ffcv", "beton_dir": "/tmp"}
     with pytest.raises(SpecError, match="dataset: loader: ffcv is not installed.*torchvision"):
         parse_study({**study, "dataset": data})
+
+
+def _ops(transform: object) -> list[object]:
+    """The flat list of operations of a torchvision Compose (RandomApply: its inner ops)."""
+    out: list[object] = []
+    for op in transform.transforms:  # type: ignore[attr-defined]
+        out.append(op)
+        if isinstance(op, T.RandomApply):
+            out += list(op.transforms)
+    return out
+
+
+def _kinds(transform: object) -> list[type]:
+    return [type(op) for op in _ops(transform)]
+
+
+RANDOM_OPS = (
+    T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandomApply, T.RandomGrayscale, T.ColorJitter,
+    T.GaussianBlur,
+)  # fmt: skip
+
+
+def _check_classifier(transform: object, size: int, stats: tf.Stats) -> None:
+    crop, flip, to_tensor, norm = _ops(transform)
+    assert isinstance(crop, T.RandomResizedCrop) and crop.size == (size, size)
+    assert crop.scale == (0.2, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
+    assert isinstance(to_tensor, T.ToTensor)
+    assert isinstance(norm, T.Normalize) and (tuple(norm.mean), tuple(norm.std)) == stats
+
+
+def _check_contrastive(transform: object, size: int, stats: tf.Stats, blur: bool) -> None:
+    ops = _ops(transform)
+    crop, flip, jitter_p, jitter, gray = ops[:5]
+    assert isinstance(crop, T.RandomResizedCrop) and crop.scale == (0.2, 1.0)
+    assert crop.size == (size, size) and isinstance(flip, T.RandomHorizontalFlip)
+    assert isinstance(jitter_p, T.RandomApply) and jitter_p.p == 0.8
+    assert isinstance(jitter, T.ColorJitter)
+    # ColorJitter(0.4, 0.4, 0.4, 0.1): factors drawn from [0.6, 1.4], hue from [-0.1, 0.1]
+    for rng in (jitter.brightness, jitter.contrast, jitter.saturation):
+        assert rng == pytest.approx((0.6, 1.4))
+    assert jitter.hue == pytest.approx((-0.1, 0.1))
+    assert isinstance(gray, T.RandomGrayscale) and gray.p == 0.2
+    rest = ops[5:]
+    if blur:
+        blur_p, gauss = rest[:2]
+        assert isinstance(blur_p, T.RandomApply) and blur_p.p == 0.5
+        assert isinstance(gauss, T.GaussianBlur) and gauss.sigma == pytest.approx((0.1, 2.0))
+        rest = rest[2:]
+    assert not any(isinstance(op, T.GaussianBlur) for op in rest)
+    assert [type(op) for op in rest] == [T.ToTensor, T.Normalize]
+    assert (tuple(rest[1].mean), tuple(rest[1].std)) == stats
+
+
+def test_bundles_carry_the_papers_augmentations(cifar_jpeg_root: Path) -> None:
+    # CIFAR: classifier crop + flip; SCL views with jitter and grayscale, no blur; plain eval
+    b = build_data(spec(cifar_jpeg_root), seed=0)
+    _check_classifier(b.train.transform, 32, tf.CIFAR10_STATS)
+    _check_contrastive(b.train_contrastive.transform, 32, tf.CIFAR10_STATS, blur=False)
+    for plain in (b.train_eval, b.val, b.test):  # metrics and fixed prototypes: un-augmented
+        assert not any(isinstance(op, RANDOM_OPS) for op in _ops(plain.transform))
+        assert _kinds(plain.transform)[-2:] == [T.ToTensor, T.Normalize]
+    # ImageNet-sized inputs (an ImageFolder at 64 px): SCL adds the blur, eval resizes + crops
+    big = build_data(DatasetSpec(name="imagefolder", root=str(cifar_jpeg_root), image_size=64), 0)
+    _check_classifier(big.train.transform, 64, tf.IMAGENET_STATS)
+    _check_contrastive(big.train_contrastive.transform, 64, tf.IMAGENET_STATS, blur=True)
+    for plain in (big.train_eval, big.val, big.test):
+        assert _kinds(plain.transform) == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+        assert not any(isinstance(op, RANDOM_OPS) for op in _ops(plain.transform))
+        assert plain.transform.transforms[0].size == round(64 * 8 / 7)  # 256 -> 224 as ImageNet
+    # augment: false trains on the plain images
+    off = build_data(spec(cifar_jpeg_root, augment=False), seed=0)
+    for data in (off.train, off.train_contrastive):
+        assert data.transform is off.train_eval.transform

@@ -72,5 +72,48 @@ def test_sync_bn_converts_every_batchnorm() -> None:
     kinds = {type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     assert kinds == {nn.SyncBatchNorm}
     # without a process group SyncBatchNorm behaves as BatchNorm, in training and evaluation
-    for mode in (True, False):
-        assert model.train(mode)(torch.randn(2, 3, 16, 16)).shape == (2, 64)
+    for mode in (True, False):  # feature_dim defaults to the pooled width 8 x 4 = 32
+        assert model.train(mode)(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "pooled"),
+    [("resnet18", 512), ("resnet34_cifar", 512), ("resnet50", 2048), ("resnet152_cifar", 2048)],
+)
+def test_resnet_defaults_are_the_standard_networks(name: str, pooled: int) -> None:
+    # `model: {name: resnet50}` is the standard ResNet-50: width 64, no bottleneck, 2048-d
+    spec = ModelSpec(name=name)
+    assert (spec.width, spec.feature_dim) == (64, pooled)
+    assert spec.model_fields_set == {"name"}  # defaults, not settings: a name axis re-derives
+    if name in ("resnet18", "resnet50"):  # build the two the paper uses (the others are big)
+        model = build_model(spec, (3, 64, 64))
+        assert isinstance(model.bottleneck, nn.Identity) and model.pooled_dim == pooled
+    # explicit values are kept; width alone scales the default feature_dim with it
+    assert ModelSpec(name=name, width=8, feature_dim=10).feature_dim == 10
+    assert ModelSpec(name=name, width=32).feature_dim == pooled // 2
+
+
+def test_small_cnn_keeps_its_defaults_and_a_name_axis_rederives_them() -> None:
+    from ncstudy.spec import expand, parse_study
+
+    assert (ModelSpec().width, ModelSpec().feature_dim) == (32, 64)
+    study = parse_study(
+        {
+            "name": "axis",
+            "losses": [{"name": "ce"}],
+            "model": {"name": "resnet18_cifar"},
+            "grid": {"axes": {"model.name": ["resnet18_cifar", "resnet50_cifar"]}},
+        }
+    )
+    dims = {t.model.name: (t.model.width, t.model.feature_dim) for t in expand(study)}
+    assert dims == {"resnet18_cifar": (64, 512), "resnet50_cifar": (64, 2048)}
+    # a value the YAML sets stays set for every model of the axis
+    pinned = parse_study(
+        {
+            "name": "axis",
+            "losses": [{"name": "ce"}],
+            "model": {"name": "resnet18_cifar", "feature_dim": 128},
+            "grid": {"axes": {"model.name": ["resnet18_cifar", "resnet50_cifar"]}},
+        }
+    )
+    assert {t.model.feature_dim for t in expand(pinned)} == {128}

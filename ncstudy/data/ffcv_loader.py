@@ -3,10 +3,13 @@ same batches, semantically, as the torch DataLoader + DistributedSampler path.
 
 Order: exactly DistributedSampler's (shuffle, `seed`, `set_epoch`, padding), applied to the
 training indices, so both paths see the same labels in the same order on every rank.
-Augmentation: classifier losses use FFCV's JIT-compiled ops (RandomResizedCrop scale 0.2-1 at
-decode time, horizontal flip); SCL views are decoded once and each view gets the torchvision
-ops of `transforms.contrastive_ops` on the uint8 tensor (FFCV 1.0.2 has no hue jitter,
-grayscale or blur). FFCV's own random numbers come from numba and are not seeded.
+Augmentation: crops are drawn from the whole stored image at decode time by FFCV's JIT-compiled
+RandomResizedCrop (scale 0.2-1), then a horizontal flip, as the torchvision path crops the full
+PIL image. SCL decodes each image once per view (each view its own random crop and flip, as
+`MultiView` does) and applies the colour part of the view augmentation (`transforms.colour_ops`:
+jitter, grayscale, blur on ImageNet) to the whole batch at once with per-image random draws
+(`colour_batch`; FFCV 1.0.2 has no hue jitter, grayscale or blur). FFCV's own random numbers
+come from numba and are not seeded.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +25,26 @@ from torch.utils.data import DistributedSampler
 
 from ncstudy.data import transforms as tf
 
+BETON_NAMES = {  # dataset name -> the file stem its DataBundle reads (and data_prep writes)
+    "cifar10": "cifar10",
+    "cifar10_lt": "cifar10",
+    "cifar100": "cifar100",
+    "cifar100_lt": "cifar100",
+    "cifar10_jpeg": "cifar10_jpeg",
+    "cifar10_jpeg_lt": "cifar10_jpeg",
+    "imagefolder": "imagefolder",
+    "imagenet": "imagenet",
+    "imagenet100": "imagenet100",
+}
 INSTALL_HINT = (
     "install the extra: apt-get install pkg-config libturbojpeg0-dev libopencv-dev, then "
     "pip install 'ncstudy[ffcv]'; or set dataset.loader: torchvision"
 )
+
+
+def beton_path(beton_dir: str | Path, stem: str, split: str = "train") -> Path:
+    """`<beton_dir>/<stem>_<split>.beton`: data_prep writes a split there, the loader reads it."""
+    return Path(beton_dir).expanduser() / f"{stem}_{split}.beton"
 
 
 def ffcv_installed() -> bool:
@@ -80,12 +100,8 @@ class FFCVTrainLoader:
     ):
         require_ffcv()
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import (
-            CenterCropRGBImageDecoder,
-            RandomResizedCropRGBImageDecoder,
-        )
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToTensor
 
         if not Path(beton).is_file():
             raise FileNotFoundError(
@@ -93,27 +109,26 @@ class FFCVTrainLoader:
                 f"`python -m data_prep.write_beton --out {Path(beton).parent}`"
             )
         self.stats, self.views, self.batch_size = stats, views, batch_size
-        self.view_ops = torch.nn.Sequential(*tf.contrastive_ops(size)) if augment else None
-        if augment and views == 1:
-            image = [
-                RandomResizedCropRGBImageDecoder((size, size), scale=tf.CROP_SCALE),
-                RandomHorizontalFlip(),
-            ]
-        else:  # plain decode (eval-like); SCL views are augmented on the tensors below
-            ratio = 224 / 256 if size >= 64 else 1.0
-            image = [CenterCropRGBImageDecoder((size, size), ratio=ratio)]
+        self.colour = None
+        if augment and views > 1:  # colour_ops(size), batched: each view its own draws
+            from ncstudy.data.colour_batch import BatchColourAugment
+
+            kernel = tf.blur_kernel(size) if size >= tf.BLUR_MIN_SIZE else None
+            self.colour = BatchColourAugment(blur_kernel=kernel)
+        pipelines = _image_pipelines(size, augment, views)
+        self.view_names = list(pipelines)
         self.loader = Loader(
             str(beton),
             batch_size=batch_size,
             num_workers=max(1, num_workers),
             order=OrderOption.SEQUENTIAL,
             indices=np.asarray(indices),
-            pipelines={
-                "image": [*image, ToTensor(), ToTorchImage()],
-                "label": [IntDecoder(), ToTensor(), Squeeze(1)],
-            },
+            pipelines={**pipelines, "label": [IntDecoder(), ToTensor(), Squeeze(1)]},
             drop_last=True,
         )
+        outputs = list(self.loader.pipeline_specs)  # the order of each batch's tuple
+        self.view_slots = [outputs.index(n) for n in self.view_names]
+        self.label_slot = outputs.index("label")
         # FFCV 1.0.2 cannot take a custom order class (its isinstance check is inverted):
         # swap in the DistributedSampler order after construction.
         self.order = DistributedOrder(indices, rank, world_size, seed)
@@ -130,14 +145,42 @@ class FFCVTrainLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.loader.next_epoch = self.epoch
-        for images, labels in self.loader:
-            labels = labels.to(torch.int64, copy=True)  # FFCV reuses its batch buffers
+        for batch in self.loader:
+            labels = batch[self.label_slot].to(torch.int64, copy=True)  # FFCV reuses buffers
             if self.views == 1:
-                yield tf.normalize_batch(images, self.stats), labels
+                yield tf.normalize_batch(batch[self.view_slots[0]], self.stats), labels
                 continue
-            ops = self.view_ops or (lambda im: im)
-            x = torch.stack([torch.stack([ops(im) for _ in range(self.views)]) for im in images])
-            yield tf.normalize_batch(x.flatten(0, 1), self.stats).unflatten(0, x.shape[:2]), labels
+            if len(self.view_slots) == 1:  # not augmented: the same plain image in every view
+                views = [batch[self.view_slots[0]]] * self.views
+            else:
+                views = [batch[k] for k in self.view_slots]
+            x = torch.stack(views, dim=1)  # (B, V, C, H, W) uint8, a copy of FFCV's buffers
+            flat = x.flatten(0, 1)
+            if self.colour is not None:
+                flat = self.colour(flat)  # float, 0-255
+            yield tf.normalize_batch(flat, self.stats).unflatten(0, x.shape[:2]), labels
+
+
+def _image_pipelines(size: int, augment: bool, views: int) -> dict[str, Any]:
+    """FFCV pipelines of the image field: one per view, each decoding the whole stored image
+    into its own random resized crop and flip; or one plain centre crop (`augment` off)."""
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.pipeline import PipelineSpec
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    if not augment:  # as eval_transform: ImageNet-sized inputs are centre-cropped 224/256
+        ratio = 224 / 256 if size >= 64 else 1.0
+        plain = [CenterCropRGBImageDecoder((size, size), ratio=ratio), ToTensor(), ToTorchImage()]
+        return {"image": plain}
+    names = ["image"] + [f"image_view{v}" for v in range(1, views)]
+    return {
+        name: PipelineSpec(
+            "image",
+            decoder=RandomResizedCropRGBImageDecoder((size, size), scale=tf.CROP_SCALE),
+            transforms=[RandomHorizontalFlip(), ToTensor(), ToTorchImage()],
+        )
+        for name in names
+    }
 
 
 class FFCVTrainLoaderFactory:

@@ -5,7 +5,6 @@ deterministic splits (per-class subset, long-tailed profile, stratified validati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,9 +99,9 @@ def make_bundle(
     augment = spec.augment
     train_loader = None
     if spec.loader == "ffcv":
-        from ncstudy.data.ffcv_loader import FFCVTrainLoaderFactory
+        from ncstudy.data.ffcv_loader import FFCVTrainLoaderFactory, beton_path
 
-        beton = Path(spec.beton_dir).expanduser() / f"{beton_name}_train.beton"
+        beton = beton_path(spec.beton_dir, beton_name)
         train_loader = FFCVTrainLoaderFactory(
             beton, tr, size, stats, augment, num_workers=spec.num_workers
         )

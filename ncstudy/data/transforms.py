@@ -42,19 +42,28 @@ def contrastive_transform(
 
 
 def contrastive_ops(size: int, blur: bool | None = None) -> list[Any]:
-    """The SCL view operations without tensor conversion: they accept PIL images and uint8
-    (C, H, W) tensors alike (the FFCV path applies them to decoded tensors)."""
+    """The SCL view operations without tensor conversion: crop and flip, then `colour_ops`."""
+    crop_flip = [T.RandomResizedCrop(size, scale=CROP_SCALE), T.RandomHorizontalFlip()]
+    return crop_flip + colour_ops(size, blur)
+
+
+def colour_ops(size: int, blur: bool | None = None) -> list[Any]:
+    """The colour part of an SCL view: jitter (p 0.8), grayscale (p 0.2), blur (p 0.5, on
+    ImageNet-sized inputs). They accept PIL images and uint8 (C, H, W) tensors alike (the FFCV
+    path crops and flips at decode time and applies these to the decoded tensors)."""
     blur = size >= BLUR_MIN_SIZE if blur is None else blur
     ops: list[Any] = [
-        T.RandomResizedCrop(size, scale=CROP_SCALE),
-        T.RandomHorizontalFlip(),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
     ]
     if blur:
-        kernel = 2 * (size // 20) + 1  # about 10% of the side, odd (SimCLR's recipe)
-        ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=0.5))
     return ops
+
+
+def blur_kernel(size: int) -> int:
+    """The SCL blur's kernel size: about 10% of the side, odd (SimCLR's recipe)."""
+    return 2 * (size // 20) + 1
 
 
 def eval_transform(size: int, stats: Stats, resize: int | None = None) -> Callable:

@@ -2,9 +2,11 @@
 
 Corrupted test sets are read from an ImageNet-C folder (`<root>/<corruption>/<severity>/<class>/*`)
 or generated on the fly from the trial's test set (CIFAR-10-C style) with the `imagecorruptions`
-package (1.1.2, the reference functions of the benchmark). The raw image is corrupted before the
-test set's own preprocessing. Errors are fractions; mCE (ImageNet only) divides each
-corruption's error (mean over severities) by AlexNet's and averages.
+package (1.1.2, the reference functions of the benchmark). As in ImageNet-C, the image is first
+brought to the network's input size (the test set's resize and centre crop: 256 -> 224 on
+ImageNet), then corrupted, then converted and normalised. Errors are fractions; mCE (ImageNet,
+all 15 corruptions x 5 severities only, as AlexNet's errors are) divides each corruption's error
+(mean over severities) by AlexNet's and averages.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.resources
 import sys
 import types
+import warnings
 import zlib
 from functools import cache
 from pathlib import Path
@@ -137,7 +140,9 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, seed: int) -> np.
 
 
 class CorruptedDataset(Dataset):
-    """A test ImageDataset (with `load(i)` and `transform`) with each image corrupted first."""
+    """A test ImageDataset (with `load(i)` and `transform`) with each image corrupted at the
+    network's input size: the transform's PIL stage (resize, centre crop), the corruption, then
+    its tensor stage (to tensor, normalise), as ImageNet-C corrupts the 224 px centre crops."""
 
     def __init__(self, base: Any, indices: np.ndarray, name: str, severity: int, seed: int):
         if not (hasattr(base, "load") and hasattr(base, "transform")):
@@ -147,16 +152,31 @@ class CorruptedDataset(Dataset):
             )
         self.base, self.indices = base, np.asarray(indices)
         self.name, self.severity, self.seed = name, severity, seed
+        self.resize_crop, self.to_tensor = split_at_tensor(base.transform)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         j = int(self.indices[i])
-        raw = np.asarray(self.base.load(j).convert("RGB"))
+        image = np.asarray(self.resize_crop(self.base.load(j).convert("RGB")))
         seed = zlib.crc32(f"{self.seed}/{self.name}/{self.severity}/{j}".encode())
-        img = Image.fromarray(corrupt_image(raw, self.name, self.severity, seed))
-        return self.base.transform(img), int(self.base.targets[j])
+        img = Image.fromarray(corrupt_image(image, self.name, self.severity, seed))
+        return self.to_tensor(img), int(self.base.targets[j])
+
+
+def split_at_tensor(transform: Any) -> tuple[Any, Any]:
+    """(PIL stage, tensor stage) of a torchvision Compose: the ops before and from ToTensor."""
+    from torchvision import transforms as T
+
+    ops = list(getattr(transform, "transforms", []))
+    cut = next((k for k, op in enumerate(ops) if isinstance(op, T.ToTensor)), None)
+    if cut is None:
+        raise ValueError(
+            "evaluation.corruptions: the test transform has no ToTensor step to corrupt before; "
+            "corruptions need an image dataset with the standard eval transform"
+        )
+    return T.Compose(ops[:cut]), T.Compose(ops[cut:])
 
 
 def evenly_spaced(n: int, k: int | None) -> np.ndarray:
@@ -166,13 +186,49 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     return np.linspace(0, n - 1, k).round().astype(np.int64)
 
 
-def imagenet_c_dataset(root: str | Path, name: str, severity: int, transform: Any) -> Dataset:
-    """The ImageNet-C images of one corruption and severity (`<root>/<name>/<severity>/`)."""
+def imagenet_c_dataset(
+    root: str | Path, name: str, severity: int, transform: Any, classes: list[str] | None = None
+) -> Dataset:
+    """The ImageNet-C images of one corruption and severity (`<root>/<name>/<severity>/`); with
+    `classes` (the training classes, in label order) the folder's classes must be the same."""
     from ncstudy.data.imagefolder import scan_imagefolder
     from ncstudy.data.images import ImageDataset
 
-    source = scan_imagefolder(Path(root).expanduser() / name / str(severity))
+    folder = Path(root).expanduser() / name / str(severity)
+    source = scan_imagefolder(folder)
+    if classes is not None:
+        check_same_classes(source.classes, list(classes), folder)
     return ImageDataset(source, np.arange(len(source.labels)), transform)
+
+
+def imagenet_c_transform(test_transform: Any) -> Any:
+    """ImageNet-C images are stored at the input size (224 px crops): no resize, only the centre
+    crop (a no-op at that size) and the tensor stage, as Hendrycks & Dietterich evaluate."""
+    from torchvision import transforms as T
+
+    pil_stage, tensor_stage = split_at_tensor(test_transform)
+    crops = [op for op in pil_stage.transforms if isinstance(op, T.CenterCrop)]
+    return T.Compose([*crops, *tensor_stage.transforms])
+
+
+def check_same_classes(found: list[str], expected: list[str], folder: Path) -> None:
+    """ImageNet-C labels are folder positions: they mean the training labels only when the
+    class folders are the same (ImageNet-C uses the 1,000 ImageNet wnids)."""
+    if found == expected:
+        return
+    missing = sorted(set(expected) - set(found))[:3]
+    extra = sorted(set(found) - set(expected))[:3]
+    raise ValueError(
+        f"evaluation.corruptions.imagenet_c_root: {folder} has {len(found)} class folders, the "
+        f"training set {len(expected)} (missing e.g. {missing}, extra e.g. {extra}); ImageNet-C "
+        "labels must be the training classes: train on ImageNet-1K (class folders = wnids) or "
+        "remove imagenet_c_root to generate the corruptions from this test set"
+    )
+
+
+def is_full_benchmark(spec: Any) -> bool:
+    """Whether a CorruptionSpec asks for all 15 corruptions at all 5 severities (mCE needs it)."""
+    return set(spec.corruptions) == set(CORRUPTIONS) and set(spec.severities) == {1, 2, 3, 4, 5}
 
 
 def mean_corruption_error(errors: dict[str, float], baseline: dict[str, float]) -> float:
@@ -195,15 +251,19 @@ def corruption_errors(
     imagenet: bool,
 ) -> dict[str, float]:
     """Error of the loss's prediction rule per corruption and severity, their means, and mCE
-    (ImageNet only). Each rank scores its shard; counts are all-reduced (every rank runs the
-    same collective calls in the same order)."""
+    (ImageNet with the full 15 x 5 benchmark only: AlexNet's errors average all of it). Each
+    rank scores its shard; counts are all-reduced (every rank runs the same collective calls
+    in the same order)."""
     out: dict[str, float] = {}
     indices = evenly_spaced(len(test_set), spec.max_images)  # type: ignore[arg-type]
+    classes = getattr(getattr(test_set, "source", None), "classes", None)
     for name in spec.corruptions:
         errs = []
         for s in spec.severities:
             if spec.imagenet_c_root is not None:
-                data = imagenet_c_dataset(spec.imagenet_c_root, name, s, test_set.transform)
+                data = imagenet_c_dataset(
+                    spec.imagenet_c_root, name, s, imagenet_c_transform(test_set.transform), classes
+                )
                 data = torch.utils.data.Subset(data, evenly_spaced(len(data), spec.max_images))
             else:
                 data = CorruptedDataset(test_set, indices, name, s, spec.seed)
@@ -215,6 +275,14 @@ def corruption_errors(
         out[f"corruption/{name}/err"] = float(np.mean(errs))
     per = {c: out[f"corruption/{c}/err"] for c in spec.corruptions}
     out["corruption/mean_err"] = float(np.mean(list(per.values())))
-    if imagenet:
+    if imagenet and is_full_benchmark(spec):
         out["corruption/mce"] = mean_corruption_error(per, ALEXNET_ERR)
+    elif imagenet:
+        warnings.warn(
+            f"corruption/mce not logged: mCE normalises by AlexNet's errors over all 15 "
+            f"corruptions x 5 severities, this study evaluates {len(spec.corruptions)} x "
+            f"{len(spec.severities)}; corruption/mean_err is the unnormalised mean",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return out

@@ -1,4 +1,5 @@
-"""The model registry: names in the study YAML map to encoder builders."""
+"""The model registry: names in the study YAML map to encoder builders, each with its standard
+width and default feature dimension (so `model: {name: resnet50}` is the paper's ResNet-50)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from typing import Any
 from torch import nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+# name -> (standard width, default feature_dim as a function of the width)
+_DEFAULTS: dict[str, tuple[int, Callable[[int], int]]] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register `fn(spec, input_shape) -> encoder` (with a `feature_dim` attribute)."""
+def register_model(
+    name: str, width: int, feature_dim: Callable[[int], int]
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register `fn(spec, input_shape) -> encoder` (with a `feature_dim` attribute),
+    with the model's standard `width` and its default `feature_dim(width)`."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _BUILDERS[name] = fn
+        _DEFAULTS[name] = (width, feature_dim)
         return fn
 
     return wrap
@@ -24,6 +31,17 @@ def list_models() -> list[str]:
     """Registered model names, sorted."""
     _load_builtin()
     return sorted(_BUILDERS)
+
+
+def model_dims(name: str, width: int | None, feature_dim: int | None) -> tuple[int, int]:
+    """(width, feature_dim) of model `name`: the given values, else the model's defaults (the
+    standard width; the feature dimension the model has without a bottleneck)."""
+    _load_builtin()
+    if name not in _DEFAULTS:
+        raise ValueError(f"model.name: unknown model {name!r}; valid: {list_models()}")
+    standard_width, default_dim = _DEFAULTS[name]
+    width = standard_width if width is None else width
+    return width, default_dim(width) if feature_dim is None else feature_dim
 
 
 def build_model(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:

@@ -2,7 +2,8 @@
 ImageNet variant (7x7 stride-2 stem + max-pool), ResNet-18/34 (basic blocks) and 50/101/152
 (bottlenecks). The encoder ends at global average pooling; when `model.feature_dim` differs
 from the pooled width (512 x width/64, or 4x that for bottlenecks) a linear bottleneck + BN maps
-to it (for K > d studies). `model.width` is the first stage's channels (64 in the papers).
+to it (for K > d studies). `model.width` is the first stage's channels. Defaults: width 64 (the
+standard ResNets) and feature_dim = the pooled width (no bottleneck): 512 or 2048.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ncstudy.models.registry import register_model
+from ncstudy.models.registry import model_dims, register_model
 
 
 class BasicBlock(nn.Module):
@@ -117,13 +118,15 @@ def _register(depth: int, cifar: bool) -> None:
     name = f"resnet{depth}" + ("_cifar" if cifar else "")
 
     def build(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
-        model: nn.Module = ResNet(depth, cifar, input_shape[0], spec.width, spec.feature_dim)
+        width, feature_dim = model_dims(name, spec.width, spec.feature_dim)
+        model: nn.Module = ResNet(depth, cifar, input_shape[0], width, feature_dim)
         if spec.sync_bn:  # effective under DDP on CUDA; plain BN on one process
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
     build.__doc__ = f"{name}: ResNet-{depth}, {'CIFAR' if cifar else 'ImageNet'} stem."
-    register_model(name)(build)
+    expansion = DEPTHS[depth][0].expansion  # type: ignore[attr-defined]
+    register_model(name, width=64, feature_dim=lambda width: 8 * width * expansion)(build)
 
 
 for _depth in DEPTHS:

@@ -1,0 +1,241 @@
+"""Pre-flight data checks: every path a study reads, checked before Ray starts (local runs).
+
+Without them a wrong `dataset.root` shows up as a failed trial after Ray started, and a wrong
+transfer or ImageNet-C path only after training finished. The checks are cheap (existence and
+layout: folders, class folders, the first image of a class), never a dataset load.
+On a cluster the data lives on the workers, so `ncstudy.run` skips them there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ncstudy.spec import UFM_MODEL, SpecError, StudySpec, expand
+
+IMAGENET_CLASSES = {"imagenet": 1000, "imagenet100": 100}
+
+
+def check_study_data(study: StudySpec) -> None:
+    """Raise SpecError (naming the field and the fix) for the first data path of `study` that
+    is missing or has the wrong layout: the training datasets of all trials (grid axes may vary
+    the dataset), FFCV files, transfer datasets and the ImageNet-C folder."""
+    if study.model.name == UFM_MODEL:
+        return  # free features: no data
+    datasets = _study_datasets(study)
+    for spec in datasets:
+        _check_dataset(spec)
+    ev = study.evaluation
+    if ev.transfer is None and ev.corruptions is None:
+        return
+    if any(d.name == "digits" for d in datasets):
+        what = "transfer" if ev.transfer is not None else "corruptions"
+        raise SpecError(
+            f"evaluation.{what}: a digits encoder reads 1-channel digit images, not RGB "
+            f"images; use an image dataset (cifar10_jpeg, cifar10, ...) or remove `{what}`"
+        )
+    if ev.transfer is not None:
+        for i, ds in enumerate(ev.transfer.datasets):
+            _check_transfer(ds, f"evaluation.transfer.datasets[{i}]")
+    if ev.corruptions is not None and ev.corruptions.imagenet_c_root is not None:
+        for spec in datasets:
+            _check_imagenet_c(ev.corruptions, spec)
+
+
+def _study_datasets(study: StudySpec) -> list[Any]:
+    """The distinct DatasetSpecs the study's trials train on (searches: the study's own)."""
+    if study.search is not None:
+        return [study.dataset]
+    unique: dict[str, Any] = {}
+    for trial in expand(study):
+        unique.setdefault(trial.dataset.model_dump_json(), trial.dataset)
+    return list(unique.values())
+
+
+def _fail(field: str, spec: Any, message: str) -> SpecError:
+    label = f" ({spec.name})" if spec is not None else ""
+    return SpecError(f"{field}{label}: {message}")
+
+
+def _check_dataset(spec: Any) -> None:
+    if spec.name.startswith(("cifar10", "cifar100")) and "jpeg" not in spec.name:
+        _check_cifar(spec)
+    elif spec.name.startswith("cifar10_jpeg"):
+        _check_cifar10_jpeg(spec)
+    elif spec.name in ("imagefolder", *IMAGENET_CLASSES):
+        if spec.root is None:
+            raise _fail("dataset.root", spec, "not set; point it at the train/ + val/ tree")
+        _check_tree(
+            Path(spec.root).expanduser(), "dataset.root", spec, IMAGENET_CLASSES.get(spec.name)
+        )
+    if spec.loader == "ffcv":
+        _check_ffcv(spec)
+
+
+def _check_cifar(spec: Any) -> None:
+    from ncstudy.data.cifar import ARCHIVES, cifar_root
+
+    which = spec.name.removesuffix("_lt")
+    root = cifar_root(spec)
+    folder, url = ARCHIVES[which]
+    if spec.download or (root / folder).is_dir():
+        return  # torchvision downloads it (online) or it is there
+    raise _fail(
+        "dataset.root",
+        spec,
+        f"{root / folder}/ not found; set dataset.download: true (online) or download {url} "
+        f"and extract it into {root} (or point dataset.root at the folder that holds {folder}/)",
+    )
+
+
+def _check_cifar10_jpeg(spec: Any, field: str = "dataset.root") -> None:
+    from ncstudy.data.imagefolder import shared_cifar10_zip
+
+    if spec.root is not None:
+        _check_tree(Path(spec.root).expanduser(), field, spec, 10)
+        return
+    cached = Path.home() / ".cache" / "ncstudy" / "cifar10-jpeg"
+    if not cached.is_dir() and not shared_cifar10_zip().is_file():
+        raise _fail(
+            field,
+            spec,
+            f"not set, no extracted copy at {cached} and the CIFAR-10 JPEG zip is not at "
+            f"{shared_cifar10_zip()}; set dataset.root to an extracted copy or "
+            "NCSTUDY_CIFAR10_ZIP to the zip",
+        )
+
+
+def _check_tree(root: Path, field: str, spec: Any, classes: int | None) -> None:
+    """An ImageFolder tree: train/<class>/ with images, val/ or test/ with the same classes."""
+    from ncstudy.data.imagefolder import TEST_SPLITS
+
+    layout = "train/<class>/*.jpg and val/<class>/*.jpg (or test/)"
+    if not root.is_dir():
+        raise _fail(field, spec, f"{root} does not exist; it should hold {layout}")
+    train = _class_folders(root / "train")
+    if train is None:
+        raise _fail(field, spec, f"{root} has no train/ folder; it should hold {layout}")
+    test_dir = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
+    if test_dir is None:
+        raise _fail(field, spec, f"{root} has neither val/ nor test/; it should hold {layout}")
+    if not train:
+        raise _fail(field, spec, f"{root / 'train'} has no class folders ({layout})")
+    if classes is not None and len(train) != classes:
+        raise _fail(
+            field,
+            spec,
+            f"{root / 'train'} has {len(train)} class folders, {spec.name} has {classes}; "
+            "use name: imagefolder for other trees",
+        )
+    test = _class_folders(test_dir) or []
+    if test != train:
+        differ = sorted(set(train) ^ set(test))[:3]
+        raise _fail(
+            field,
+            spec,
+            f"{root}: train/ and {test_dir.name}/ have different classes (e.g. {differ})",
+        )
+    if not _has_image(root / "train" / train[0]):
+        raise _fail(field, spec, f"no images in {root / 'train' / train[0]}/ ({layout})")
+
+
+def _class_folders(split_dir: Path) -> list[str] | None:
+    if not split_dir.is_dir():
+        return None
+    with os.scandir(split_dir) as entries:
+        return sorted(e.name for e in entries if e.is_dir())
+
+
+def _has_image(folder: Path) -> bool:
+    from ncstudy.data.imagefolder import IMAGE_SUFFIXES
+
+    with os.scandir(folder) as entries:
+        return any(e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries)
+
+
+def _check_ffcv(spec: Any) -> None:
+    from ncstudy.data.ffcv_loader import BETON_NAMES, beton_path, require_ffcv
+
+    try:
+        require_ffcv()  # importing it catches missing system libraries too
+    except ValueError as err:
+        raise _fail("dataset.loader", spec, str(err).removeprefix("loader: ")) from None
+    path = beton_path(spec.beton_dir, BETON_NAMES[spec.name])
+    if not path.is_file():
+        raise _fail(
+            "dataset.beton_dir",
+            spec,
+            f"{path} does not exist; write it with `python -m data_prep.write_beton --dataset "
+            f"{spec.name} --out {path.parent}` (add --root for file-based datasets)",
+        )
+
+
+def _check_transfer(ds: Any, field: str) -> None:
+    from ncstudy.evaluate.transfer import TORCHVISION_FOLDERS, downstream_root, is_imagefolder_tree
+
+    if ds.name == "cifar10_jpeg":
+        _check_cifar10_jpeg(ds, f"{field}.root")
+        return
+    if ds.name == "imagefolder":
+        _check_tree(Path(ds.root).expanduser(), f"{field}.root", ds, None)
+        return
+    root = downstream_root(ds)  # not cifar10_jpeg: that one would extract the zip
+    folder = TORCHVISION_FOLDERS[ds.name]
+    if (root / folder).is_dir() or ds.download:
+        return
+    if ds.name != "voc2007" and ds.root is not None and is_imagefolder_tree(root):
+        _check_tree(root, f"{field}.root", ds, None)
+        return
+    found = f"neither torchvision's files ({folder}/) nor an ImageFolder tree (train/, test/)"
+    if ds.name == "voc2007":
+        found = f"no VOC devkit ({folder}/ with Annotations/, JPEGImages/, ImageSets/)"
+    raise _fail(
+        f"{field}.root",
+        ds,
+        f"{root} holds {found}; set root to where the files are, or download: true (online)",
+    )
+
+
+def _check_imagenet_c(spec: Any, dataset: Any) -> None:
+    """Every requested `<root>/<corruption>/<severity>/` exists; on ImageFolder-type training
+    sets its class folders are the training classes (labels are folder positions)."""
+    field = "evaluation.corruptions.imagenet_c_root"
+    root = Path(spec.imagenet_c_root).expanduser()
+    if not root.is_dir():
+        raise _fail(
+            field, None, f"{root} does not exist; it should hold <corruption>/<1-5>/<wnid>/*"
+        )
+    train_classes = None
+    tree = _tree_root(dataset)
+    if tree is not None:
+        train_classes = _class_folders(tree / "train")
+    for name in spec.corruptions:
+        for severity in spec.severities:
+            folder = root / name / str(severity)
+            found = _class_folders(folder)
+            if found is None:
+                raise _fail(
+                    field,
+                    None,
+                    f"{folder} does not exist; ImageNet-C holds <corruption>/<severity>/<wnid>/ "
+                    "(or remove imagenet_c_root to generate the corruptions)",
+                )
+            if train_classes is not None and found != train_classes:
+                raise _fail(
+                    field,
+                    None,
+                    f"{folder} has {len(found)} class folders, {tree}/train {len(train_classes)} "
+                    f"(e.g. {sorted(set(found) ^ set(train_classes))[:3]} differ); its labels are "
+                    "folder positions, so they must be the training classes (ImageNet-1K wnids)",
+                )
+
+
+def _tree_root(dataset: Any) -> Path | None:
+    """The ImageFolder root a training set reads its class names from (None: CIFAR pickles)."""
+    if dataset.name in ("imagefolder", *IMAGENET_CLASSES) and dataset.root is not None:
+        return Path(dataset.root).expanduser()
+    if dataset.name.startswith("cifar10_jpeg"):
+        cached = Path.home() / ".cache" / "ncstudy" / "cifar10-jpeg"
+        return Path(dataset.root).expanduser() if dataset.root is not None else cached
+    return None
