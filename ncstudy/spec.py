@@ -421,6 +421,12 @@ class UFMSpec(Strict):
     )
     iterations: int = Field(500, ge=1, description="gradient steps (Armijo backtracking)")
     step: float = Field(1.0, gt=0, description="initial step size of the line search")
+    memory: int = Field(
+        10,
+        ge=0,
+        description="L-BFGS curvature pairs; 0 is plain (Riemannian) gradient descent as in "
+        "Yaras et al., which creeps at sharp temperatures (ncstudy/ufm/problem.py)",
+    )
     log_loss: bool = Field(
         False, description="minimise log(loss): needed for sharp temperatures (1/tau >= 40)"
     )

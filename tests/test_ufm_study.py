@@ -164,6 +164,20 @@ def test_loop_reports_every_few_iterations_with_nc_metrics() -> None:
     assert all(math.isfinite(v) for r in ctx.reports for v in r.values() if isinstance(v, float))
 
 
+def test_ufm_memory_zero_runs_riemannian_gradient_descent() -> None:
+    """`ufm.memory: 0` reaches the problem: no curvature pair is ever kept (plain Riemannian
+    gradient descent), and at a mild temperature it still reaches the NormFace bound."""
+    from ncstudy.ufm.runner import build_problem
+
+    ufm = {"K": 3, "d": 4, "n_per_class": 2, "iterations": 300, "memory": 0}
+    trial = expand(parse_study(ufm_study(ufm=ufm)))[0]
+    problem = build_problem(trial)
+    assert problem.memory == 0
+    problem.run(300)
+    assert problem._s is None  # no L-BFGS pair stored
+    assert problem.loss().item() == pytest.approx(theory.normface_bound(3, 0.5), abs=1e-6)
+
+
 def test_loop_logs_nc_metrics_and_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     logged: list[dict] = []
     monkeypatch.setattr(

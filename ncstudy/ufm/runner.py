@@ -39,7 +39,7 @@ def build_problem(trial: TrialSpec) -> UFMProblem:
         trial.loss, trial.loss_params, feature_dim=u.d, num_classes=u.K, seed=trial.seed
     )
     labels = balanced_labels(u.K, u.n_per_class)
-    common = {"seed": trial.seed, "step": u.step}
+    common = {"seed": trial.seed, "step": u.step, "memory": u.memory}
     if u.variant == "spherical":
         return SphericalUFM(criterion, labels, u.d, log_loss=u.log_loss, **common)
     return RegularizedUFM(
