@@ -35,10 +35,13 @@ class EmbeddingQueue(nn.Module):
 
     def contents(self) -> tuple[Tensor, Tensor]:
         """The stored rows, oldest first (a detached copy, safe to use in a graph)."""
-        order = torch.arange(self.filled, device=self.z.device)
-        if self.filled == self.size:
-            order = (order + self.ptr) % max(self.size, 1)
-        return self.z[order].clone(), self.y[order].clone()
+        if self.filled < self.size:  # not yet wrapped: rows 0..filled-1 in push order
+            return self.z[: self.filled].clone(), self.y[: self.filled].clone()
+        # full: the oldest row is at ptr (one copy each, no index gather)
+        return (
+            torch.cat([self.z[self.ptr :], self.z[: self.ptr]]),
+            torch.cat([self.y[self.ptr :], self.y[: self.ptr]]),
+        )
 
     @torch.no_grad()
     def push(self, z: Tensor, y: Tensor) -> None:
