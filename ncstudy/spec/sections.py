@@ -1,0 +1,297 @@
+"""The sections of a study file (dataset, model, train, a loss entry, grid, resources, ufm)
+and the field-level checks they share."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+UFM_MODEL = "ufm"  # model.name of unconstrained-feature-model trials (no encoder, no dataset)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(Strict):
+    name: str = "digits"
+    root: str | None = Field(None, description="where the files are (file-based datasets)")
+    image_size: int | None = Field(None, ge=4)
+    augment: bool = True
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    download: bool = Field(False, description="torchvision download (CIFAR) when root is empty")
+    subset_per_class: int | None = Field(
+        None, ge=1, description="use a seeded subset of this many training images per class"
+    )
+    test_per_class: int | None = Field(None, ge=1, description="cap the test set per class")
+    imbalance_ratio: float | None = Field(
+        None, gt=0, le=1, description="long-tailed profile n_min / n_max (0.01: factor 100)"
+    )
+    loader: Literal["torchvision", "ffcv"] = "torchvision"
+    beton_dir: str | None = Field(None, description="folder of the FFCV .beton files")
+    num_workers: int = Field(0, ge=0, description="loader worker processes (0: in-process)")
+
+    @model_validator(mode="after")
+    def _data_options(self) -> DatasetSpec:
+        if self.name.endswith("_lt") and self.imbalance_ratio is None:
+            raise ValueError(f"imbalance_ratio: {self.name} needs one (n_min / n_max, e.g. 0.01)")
+        if self.loader == "ffcv":
+            # the YAML's own mistakes first, so they are reported with or without the extra
+            if self.name == "digits":
+                raise ValueError("loader: ffcv serves image datasets; use torchvision")
+            if self.beton_dir is None:
+                raise ValueError(
+                    "beton_dir: loader: ffcv needs the folder of the .beton files "
+                    "(write them with `python -m data_prep.write_beton`)"
+                )
+            from ncstudy.data.ffcv_loader import require_ffcv
+
+            require_ffcv(import_it=False)  # importing FFCV (numba) costs seconds
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from ncstudy.data import list_datasets
+
+        if name not in list_datasets():
+            raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(list_datasets())}")
+        return name
+
+
+class ModelSpec(Strict):
+    name: str = "small_cnn"
+    feature_dim: int | None = Field(
+        None, ge=2, description="encoder output size; default: the pooled width (no bottleneck)"
+    )
+    width: int | None = Field(
+        None, ge=1, description="first-stage channels; default: the model's standard (ResNets 64)"
+    )
+    sync_bn: bool = Field(False, description="SyncBatchNorm across GPU workers (DDP on CUDA)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from ncstudy.models import list_models
+
+        if name != UFM_MODEL and name not in list_models():
+            valid = ", ".join([*list_models(), UFM_MODEL])
+            raise ValueError(f"unknown model {name!r}; valid: {valid}")
+        return name
+
+    @model_validator(mode="after")
+    def _model_defaults(self) -> ModelSpec:
+        # Per-model defaults (resnet50: width 64, feature_dim 2048), filled in but not marked as
+        # set, so a `model.name` grid axis re-derives them for each model.
+        if self.name != UFM_MODEL:
+            from ncstudy.models import model_dims
+
+            width, feature_dim = model_dims(self.name, self.width, self.feature_dim)
+            self.__dict__.update(width=width, feature_dim=feature_dim)
+        return self
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.1, gt=0, description="base learning rate, at base_batch_size")
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    base_batch_size: int = Field(256, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of lr")
+    amp: bool = False
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSpec:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
+            )
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0")
+        return self
+
+    def effective_lr(self, batch_size: int) -> float:
+        """The learning rate after the batch-size scaling rule."""
+        ratio = batch_size / self.base_batch_size
+        factor = {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scaling]
+        return self.lr * factor
+
+
+class LossSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    temperatures: list[float] | None = Field(
+        None, description="this loss's temperatures, replacing grid.temperature"
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this loss's `train:` fields, merged over the study's (e.g. SupCon's lr)",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _check_train_override(values)
+
+    @model_validator(mode="after")
+    def _check(self) -> LossSpec:
+        from ncstudy.losses import list_losses, takes_temperature, validate_loss_params
+
+        if self.name not in list_losses():
+            raise ValueError(f"unknown loss {self.name!r}; valid: {', '.join(list_losses())}")
+        if "temperature" in self.params:
+            raise ValueError(
+                "params.temperature: temperatures come from grid.temperature (or this loss's "
+                "`temperatures:` list), not from params"
+            )
+        probe = dict(self.params)
+        if takes_temperature(self.name):
+            probe["temperature"] = 1.0
+        try:  # the registry's message names the field and lists the valid parameters
+            validate_loss_params(self.name, probe, hidden=("temperature",))
+        except ValueError as err:
+            raise ValueError(f"params: {err}") from None
+        if self.temperatures is not None:
+            if not takes_temperature(self.name):
+                raise ValueError(f"loss {self.name!r} has no temperature; remove `temperatures`")
+            _check_temperatures(self.temperatures)
+        return self
+
+
+class GridSpec(Strict):
+    temperature: list[float] = Field(default_factory=lambda: [0.1])
+    batch_size: list[int] = Field(default_factory=lambda: [128])
+    seed: list[int] = Field(default_factory=lambda: [0])
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="any other axis, by dotted path into the trial: train.lr, loss.queue_size, ...",
+    )
+
+    @field_validator("temperature")
+    @classmethod
+    def _temps(cls, values: list[float]) -> list[float]:
+        return _check_temperatures(values)
+
+    @field_validator("batch_size", "seed")
+    @classmethod
+    def _non_empty(cls, values: list[int]) -> list[int]:
+        if not values:
+            raise ValueError("the grid axis is empty; give at least one value")
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated values in {values}")
+        return values
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError(f"batch sizes must be >= 1, got {values}")
+        return values
+
+
+class ResourcesSpec(Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0, description="Ray Train retries of a trial's workers")
+    trial_max_failures: int = Field(1, ge=0, description="Ray Tune retries of a whole trial")
+    single_worker_fastpath: bool = Field(
+        True, description="run 1-worker trials in the Tune process (same loop, no Train start-up)"
+    )
+
+
+class UFMSpec(Strict):
+    """An unconstrained-feature-model problem (spec/ufm.md): free features, one per sample."""
+
+    K: int = Field(4, ge=2, description="number of classes")
+    d: int = Field(8, ge=2, description="feature dimension")
+    n_per_class: int = Field(5, ge=1, description="free features (samples) per class")
+    variant: Literal["spherical", "regularized"] = Field(
+        "spherical", description="unit-sphere features and weights, or weight-decayed ones"
+    )
+    iterations: int = Field(500, ge=1, description="gradient steps (Armijo backtracking)")
+    step: float = Field(1.0, gt=0, description="initial step size of the line search")
+    memory: int = Field(
+        10,
+        ge=0,
+        description="L-BFGS curvature pairs; 0 is plain (Riemannian) gradient descent as in "
+        "Yaras et al., which creeps at sharp temperatures (ncstudy/ufm/problem.py)",
+    )
+    log_loss: bool = Field(
+        False, description="minimise log(loss): needed for sharp temperatures (1/tau >= 40)"
+    )
+    lambda_w: float = Field(5e-2, ge=0, description="weight decay on W (regularized)")
+    lambda_h: float = Field(1e-2, ge=0, description="weight decay on the features (regularized)")
+    lambda_b: float = Field(1e-2, ge=0, description="weight decay on the bias (regularized)")
+    init_scale: float = Field(0.1, gt=0, description="initial feature norm scale (regularized)")
+
+    @model_validator(mode="after")
+    def _variant_fields(self) -> UFMSpec:
+        # checked by value, not by "set", so a dumped-and-reloaded spec stays valid
+        fields = type(self).model_fields
+        changed = [
+            f
+            for f in ("lambda_w", "lambda_h", "lambda_b", "init_scale")
+            if getattr(self, f) != fields[f].default
+        ]
+        if self.variant == "spherical" and changed:
+            field = changed[0]
+            raise ValueError(
+                f"{field} applies to variant: regularized only; remove it or set the variant"
+            )
+        if self.variant == "regularized" and self.log_loss:
+            raise ValueError("log_loss applies to variant: spherical only; remove it")
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        """N = K n: the whole sample set, which is also the (single) batch."""
+        return self.K * self.n_per_class
+
+
+def _check_temperatures(values: list[float]) -> list[float]:
+    if not values:
+        raise ValueError("the temperature list is empty; give at least one value")
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+    if bad:
+        raise ValueError(f"temperatures must be finite and > 0 (logits are cos/tau), got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"repeated temperatures in {values}")
+    return values
+
+
+def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
+    """A loss's `train:` override: known TrainSpec fields (extra="forbid"), each value valid on
+    its own; the merged recipe is checked by `_check_loss_train`."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    fields = TrainSpec.model_fields
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"{key}: unknown field; valid: {', '.join(fields)} (as in `train:`)")
+        field = fields[key]
+        try:
+            out[key] = TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+        except ValidationError as err:
+            raise ValueError(f"{key}: {err.errors()[0]['msg']}") from None
+    return out
+
+
+AXIS_SECTIONS: dict[str, type[Strict]] = {
+    "train": TrainSpec,
+    "model": ModelSpec,
+    "dataset": DatasetSpec,
+    "ufm": UFMSpec,
+}
