@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 import ncstudy.train as train_module
 from ncstudy.context import LocalContext
+from ncstudy.evaluate import downstream
 from ncstudy.spec import expand, parse_study
 from ncstudy.train import CLOCK_METRICS, lr_lambda, train_loop
 
@@ -148,17 +149,17 @@ def test_failed_downstream_evaluation_retries_only_itself(
     straight = LocalContext(tmp_path / "a")
     train_loop(trial, straight)
 
-    real = train_module._downstream
+    real = downstream.evaluate_downstream
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003
         raise Interrupt
 
-    monkeypatch.setattr(train_module, "_downstream", broken)
+    monkeypatch.setattr(downstream, "evaluate_downstream", broken)
     first = LocalContext(tmp_path / "b")
     with pytest.raises(Interrupt):
         train_loop(trial, first)
     assert epochs(first.reports) == [1, 2, 3, None]  # the last epoch's checkpoint is saved
-    monkeypatch.setattr(train_module, "_downstream", real)
+    monkeypatch.setattr(downstream, "evaluate_downstream", real)
     retry = LocalContext(tmp_path / "b")
     train_loop(trial, retry)
     assert len(retry.reports) == 1  # no epoch trained again: only the downstream evaluations
