@@ -195,7 +195,7 @@ def _run_grid(
     todo = [t for t in trials if t.key not in done]
     if not todo:
         return False
-    _tuner(study, todo, env, paths, resume, concurrency).fit()
+    _fit(_tuner(study, todo, env, paths, resume, concurrency))
     return _was_interrupted(paths.storage + "/tune", len(todo), tune_status)
 
 
@@ -222,10 +222,27 @@ def _run_search(
         tuner = _search_tuner(study, index, env, paths, resume, left, concurrency)
         if tuner is None:
             continue
-        tuner.fit()
+        _fit(tuner)
         if _was_interrupted(f"{paths.storage}/tune-{loss.name}", left, tune_status):
             return True
     return False
+
+
+def _fit(tuner: Any) -> None:
+    """Run a Tuner with Tune's SIGINT handler only while it runs. Tune installs its handler
+    (stop the run, save the experiment) at the start of `fit()` and restores the previous one
+    only after a signal, so without this a later Ctrl-C or SIGTERM (the CLI forwards SIGTERM to
+    the SIGINT handler) would reach a finished run's handler and be swallowed."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        tuner.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _was_interrupted(tune_path: str, expected: int, tune_status: dict[str, str]) -> bool:

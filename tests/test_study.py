@@ -273,17 +273,37 @@ def test_sigterm_stops_the_study_like_ctrl_c(
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(spec(tmp_path)))
     monkeypatch.setattr(st, "_run_grid", _child_then(lambda: os.kill(os.getpid(), signal.SIGTERM)))
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    # Python's own Ctrl-C, whatever an earlier in-process Tune run of this pytest left behind
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert main([str(path)]) == 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
     assert "--resume" in capsys.readouterr().err
     parent, child = _runs(out)
     assert (parent.info.status, child.info.status) == ("KILLED", "KILLED")
     assert child.data.tags[tracking.REASON_TAG] == "study interrupted"
     study = parse_study(spec(tmp_path))
     st.check_can_start(study, True, st.StudyPaths.of(study), expand(study))  # resumable
+
+
+def test_tune_s_sigint_handler_lives_only_while_its_run_runs() -> None:
+    """Tune installs a SIGINT handler in fit() and keeps it after a normal end; a later Ctrl-C
+    or SIGTERM must reach the CLI's handler, not a finished run's (which would swallow it)."""
+
+    class Tuner:
+        def fit(self) -> None:
+            signal.signal(signal.SIGINT, lambda *a: None)  # what Tune's fit() leaves behind
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        st._fit(Tuner())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_handler_survives_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
