@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ncstudy.context import WorkerContext
 from ncstudy.evaluate import downstream as ds
+from ncstudy.metrics.convergence import record_history
 from ncstudy.spec import TrialSpec
 
 # Metrics the convergence clock follows (spec/metrics.md, the source paper's Table 7).
@@ -218,7 +219,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
         # Step 0 of the convergence clock: closeness to a target of 0 is measured against the
         # value at initialisation, so the metrics pass runs once before the first step.
         init, nc_tags = _nc_evaluation(core, trial, data.num_classes, loaders, device)
-        _record(history, init, 0)
+        record_history(history, init, 0, CLOCK_METRICS)
         _tag(mlf, run, nc_tags)
         _log(mlf, run, init, 0)
 
@@ -276,7 +277,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             )
             metrics.update(found)
             _tag(mlf, run, nc_tags)
-            _record(history, metrics, epoch)
+            record_history(history, metrics, epoch, CLOCK_METRICS)
         elif has_val and not criterion.needs_class_means:
             # validation accuracy every epoch (cheap: forward only on the small split) so that
             # schedulers and pruners see it; prototype classifiers only exist after an evaluation
@@ -309,15 +310,6 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
     final["status"] = "finished"
     _log(mlf, run, final, t.epochs)
     ctx.report(_tune_view(final), state=None if downstream else snapshot(t.epochs))
-
-
-def _record(
-    history: dict[str, list[tuple[int, float]]], metrics: dict[str, Any], step: int
-) -> None:
-    """Append the clock's metrics of this evaluation (`nc/<name>`) to their histories."""
-    for name in CLOCK_METRICS:
-        if f"nc/{name}" in metrics:
-            history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))
 
 
 def _nc_evaluation(

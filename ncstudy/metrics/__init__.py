@@ -1,7 +1,14 @@
 """Neural-collapse metrics (spec/metrics.md): streaming statistics, metrics, convergence clock."""
 
 from ncstudy.metrics.compute import METRIC_NAMES, compute_nc_metrics
-from ncstudy.metrics.convergence import closeness, ewma, metric_target, steps_to_95, steps_to_ref
+from ncstudy.metrics.convergence import (
+    closeness,
+    ewma,
+    metric_target,
+    record_history,
+    steps_to_95,
+    steps_to_ref,
+)
 from ncstudy.metrics.stats import NCAccumulator, NCStatistics
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "compute_nc_metrics",
     "ewma",
     "metric_target",
+    "record_history",
     "steps_to_95",
     "steps_to_ref",
 ]

@@ -135,3 +135,16 @@ def steps_to_ref(
     smooth = ewma(values, alpha)
     reached = np.flatnonzero(np.abs(smooth - target) <= abs(reference - target))
     return int(steps[int(reached[0])]) if reached.size else None
+
+
+def record_history(
+    history: dict[str, list[tuple[int, float]]],
+    metrics: dict[str, float],
+    step: int,
+    names: Sequence[str],
+) -> None:
+    """Append the clock's metrics of one report (`nc/<name>` for each of `names`) to their
+    (step, value) histories, the input of `steps_to_95` and `steps_to_ref`."""
+    for name in names:
+        if f"nc/{name}" in metrics:
+            history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))

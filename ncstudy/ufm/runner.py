@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ncstudy.context import WorkerContext
+from ncstudy.metrics.convergence import record_history
 from ncstudy.spec import TrialSpec
 from ncstudy.ufm import theory
 from ncstudy.ufm.problem import UFMProblem, balanced_labels
@@ -116,7 +117,7 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         # Step 0 of the convergence clock: closeness to a target of 0 is measured against the
         # value at initialisation, so the metrics are taken once before the first iteration.
         init = {f"nc/{k}": v for k, v in nc_metrics(problem, u.K, ev.max_intra_classes).items()}
-        _record(history, init, 0)
+        record_history(history, init, 0, CLOCK_METRICS)
         _log(mlf, run, init, 0)
 
     while problem.iteration < u.iterations:
@@ -148,7 +149,7 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         if ev.nc_metrics:
             nc = nc_metrics(problem, u.K, ev.max_intra_classes)
             metrics.update({f"nc/{k}": v for k, v in nc.items()})
-            _record(history, metrics, it)
+            record_history(history, metrics, it, CLOCK_METRICS)
         best = max(best, acc1)
         metrics["best/val_acc1"] = best
         if it >= u.iterations:
@@ -167,15 +168,6 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         }
         _log(mlf, run, metrics, it)
         ctx.report(_tune_view(metrics), state=checkpoint)
-
-
-def _record(
-    history: dict[str, list[tuple[int, float]]], metrics: dict[str, Any], step: int
-) -> None:
-    """Append the clock's metrics of this report (`nc/<name>`) to their histories."""
-    for name in CLOCK_METRICS:
-        if f"nc/{name}" in metrics:
-            history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))
 
 
 def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:
