@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ncstudy import tracking
+
 # URI schemes of object stores that every node reaches through the same address.
 SHARED_SCHEMES = frozenset({"s3", "gs", "gcs", "abfs", "abfss"})
 # Environment variable that declares a local path to be on a shared filesystem (e.g. NFS).
@@ -107,11 +109,7 @@ def check_tracking_uri(tracking_uri: str, shared_fs: bool | None = None) -> None
     """On an existing cluster, trial processes on other nodes log to the MLflow store: a local
     SQLite file is only reachable from every node if declared shared (``NCSTUDY_SHARED_FS=1``);
     otherwise an MLflow server (``MLFLOW_TRACKING_URI=http://...``) is needed."""
-    scheme = _scheme(tracking_uri)
-    local = scheme in ("sqlite", "file") or (
-        scheme is None and not tracking_uri.startswith("databricks")
-    )
-    if not local:
+    if not tracking.is_local_store(tracking_uri):
         return
     if shared_fs is None:
         shared_fs = _shared_fs_from_env()

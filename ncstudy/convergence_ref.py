@@ -12,9 +12,10 @@ itself (`ncstudy.metrics.steps_to_ref`) works on plain (steps, values) lists.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ncstudy.metrics import metric_target, steps_to_ref
 
 REFERENCE_TAG = "ncstudy.steps_to_ref.reference"
 NC_PREFIX = "nc/"
+Series = tuple[list[int], list[float]]  # a metric's history: steps, values
 
 
 def metric_series(mlf: Any, run_id: str, key: str) -> tuple[list[int], list[float]]:
@@ -81,20 +83,41 @@ def choose_reference(trial: Any, candidates: list[Any]) -> Any | None:
     return same_seed[0] if same_seed else None
 
 
+def reached_steps(
+    metrics: Iterable[str],
+    num_classes: int,
+    series: Callable[[str], Series],
+    ref_series: Callable[[str], Series],
+    alpha: float,
+) -> Iterator[tuple[str, list[int], int | None]]:
+    """For each NC metric (name without `nc/`) that has a convergence target, in the given
+    order: `(metric, the trial's steps, the step at which the trial's EWMA reaches the
+    reference's converged value, or None)`. `series(metric)` and `ref_series(metric)` give the
+    trial's and the reference's histories."""
+    for metric in metrics:
+        try:
+            target = metric_target(metric, num_classes)
+        except ValueError:
+            continue  # no convergence target (e.g. gnc2, mir): nothing to reach
+        steps, values = series(metric)
+        ref_steps, ref_values = ref_series(metric)
+        yield metric, steps, steps_to_ref(steps, values, ref_steps, ref_values, target, alpha)
+
+
 def log_steps_to_ref(
     mlf: Any,
     experiment_id: str,
     trial_keys: list[str],
     *,
-    reference_loss: str | None = None,
     alpha: float | None = None,
 ) -> None:
     """Log `steps_to_ref/<metric>` (and the reference's key as a tag) on every finished trial of
     `trial_keys` that has a finished reference trial; metrics never reached are not logged.
 
-    `reference_loss` and `alpha` default to each trial's `evaluation.convergence` settings.
-    Every `nc/<metric>` of the reference with a convergence target is compared. Unfinished and
-    failed trials are skipped: a partial run has no converged value and no complete clock.
+    The reference loss is each trial's `evaluation.convergence.reference_loss`; `alpha`
+    defaults to its `evaluation.convergence.ewma_alpha`. Every `nc/<metric>` of the reference
+    with a convergence target is compared. Unfinished and failed trials are skipped: a partial
+    run has no converged value and no complete clock.
     """
     wanted = set(trial_keys)
     runs: dict[str, Any] = {}
@@ -103,32 +126,32 @@ def log_steps_to_ref(
         if key in wanted and run.info.status == "FINISHED":
             runs[key] = run
     specs = {key: trial_spec_of(mlf, runs[key].info.run_id) for key in trial_keys if key in runs}
-    histories: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    histories: dict[tuple[str, str], Series] = {}
 
-    def history(key: str, metric: str) -> tuple[list[int], list[float]]:
+    def history(key: str, metric: str) -> Series:
         if (key, metric) not in histories:
             histories[key, metric] = metric_series(mlf, runs[key].info.run_id, NC_PREFIX + metric)
         return histories[key, metric]
 
     for key, spec in specs.items():
         clock = spec.evaluation.convergence
-        ref_loss = clock.reference_loss if reference_loss is None else reference_loss
         smoothing = clock.ewma_alpha if alpha is None else alpha
+        ref_loss = clock.reference_loss
         ref = choose_reference(spec, [s for s in specs.values() if s.loss == ref_loss])
         if ref is None:
             continue
         num_classes = num_classes_of(spec)
         ref_metrics = runs[ref.key].data.metrics
+        metrics = sorted(k[len(NC_PREFIX) :] for k in ref_metrics if k.startswith(NC_PREFIX))
         out: dict[str, float] = {}
         last_step = 0
-        for metric in sorted(k[len(NC_PREFIX) :] for k in ref_metrics if k.startswith(NC_PREFIX)):
-            try:
-                target = metric_target(metric, num_classes)
-            except ValueError:
-                continue  # no convergence target (e.g. gnc2, mir): nothing to reach
-            steps, values = history(key, metric)
-            ref_steps, ref_values = history(ref.key, metric)
-            reached = steps_to_ref(steps, values, ref_steps, ref_values, target, smoothing)
+        for metric, steps, reached in reached_steps(
+            metrics,
+            num_classes,
+            functools.partial(history, key),
+            functools.partial(history, ref.key),
+            smoothing,
+        ):
             last_step = max([last_step, *steps])
             if reached is not None:
                 out[f"steps_to_ref/{metric}"] = float(reached)

@@ -85,9 +85,8 @@ def check_can_start(
 
 
 def _study_record(name: str, tracking_uri: str) -> tuple[Any, str, Any] | None:
-    """The study's MLflow parent run `(client, experiment_id, run)`, or None; read-only."""
-    if not tracking.store_exists(tracking_uri):
-        return None  # (and MLflow is not even imported)
+    """The study's MLflow parent run `(client, experiment_id, run)`, or None; read-only (a
+    missing local store stays missing: `find_study_run` checks `store_exists`)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -144,7 +143,7 @@ def _check_trial_configs(mlf: Any, experiment_id: str, trials: list[TrialSpec]) 
     stale = []
     for run in runs:
         trial = by_key.get(run.data.tags.get(tracking.TRIAL_KEY_TAG, ""))
-        if trial is not None and run.data.tags.get("config_hash") != trial.config_hash():
+        if trial is not None and not tracking.config_hash_matches(run, trial.config_hash()):
             stale.append(trial.key)
     if stale:
         raise StudyError(

@@ -19,7 +19,7 @@ from ncstudy import tracking
 from ncstudy.spec import LossSpec, RangeSpec, SearchSpec, StudySpec, TrialSpec, resolve_trial
 
 STORAGE_ENV = "NCSTUDY_OPTUNA_STORAGE"
-STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"
+STOPPED_AT_TAG = tracking.STOPPED_AT_TAG
 RETRY_OF_ATTR = "ncstudy.retry_of"  # user attr of a trial that re-runs a lost (stale) one
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ class PruningOptunaSearch(OptunaSearch):
                 if run.info.status != "RUNNING":
                     continue
                 if status == "KILLED":
-                    mlf.set_tag(run.info.run_id, STOPPED_AT_TAG, str(epoch))
-                    reason = f"pruned by {self._pruner} at epoch {epoch}"
-                    tracking.finish_run(mlf, run.info.run_id, "KILLED", reason)
+                    tracking.finish_pruned(mlf, run.info.run_id, self._pruner, epoch)
                 else:
                     tracking.finish_run(mlf, run.info.run_id, status)
         except (MlflowException, OSError) as err:
@@ -203,7 +201,7 @@ def optuna_storage_url(study_dir: Path) -> str:
     url = os.environ.get(STORAGE_ENV, "").strip()
     if not url:
         return f"sqlite:///{study_dir.resolve()}/optuna.db"
-    from ncstudy.study import StudyError
+    from ncstudy.resume import StudyError
 
     if "://" not in url:
         raise StudyError(

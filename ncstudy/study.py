@@ -450,9 +450,7 @@ def _close_open_runs(
             tracking.finish_run(mlf, run.info.run_id, "FINISHED")
         elif pruned and tune_status.get(key) == "TERMINATED":
             epoch = int(run.data.metrics.get("epoch", 0))
-            mlf.set_tag(run.info.run_id, "ncstudy.stopped_at_epoch", str(epoch))
-            reason = f"pruned by {search.pruner} at epoch {epoch}"
-            tracking.finish_run(mlf, run.info.run_id, "KILLED", reason)
+            tracking.finish_pruned(mlf, run.info.run_id, search.pruner, epoch)
         elif killed:
             tracking.finish_run(mlf, run.info.run_id, "KILLED", "study interrupted")
         elif crash is not None:

@@ -16,6 +16,7 @@ import yaml
 TRIAL_KEY_TAG = "ncstudy.trial_key"
 ROLE_TAG = "ncstudy.role"
 REASON_TAG = "ncstudy.failure_reason"
+STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"  # the epoch a pruned trial's run stopped at
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
 
@@ -36,14 +37,25 @@ class ConfigMismatch(ValueError):
     """An MLflow run with this trial key was made from a different configuration."""
 
 
+def is_local_store(tracking_uri: str) -> bool:
+    """Whether the MLflow store is a local file (sqlite://, file:// or a plain path) rather
+    than a server (http://..., databricks)."""
+    head, sep, _ = tracking_uri.partition("://")
+    scheme = head.lower() if sep else None
+    return scheme in ("sqlite", "file") or (
+        scheme is None and not tracking_uri.startswith("databricks")
+    )
+
+
 def store_exists(tracking_uri: str) -> bool:
     """Whether the MLflow store already exists, asked without creating it: a SQLite (or file)
     store is a local path that may be absent; a server (http://...) always counts as there."""
-    for prefix in ("sqlite:///", "file://"):
-        if tracking_uri.startswith(prefix):
-            return Path(tracking_uri[len(prefix) :]).exists()
-    if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
-        return Path(tracking_uri).exists()
+    if is_local_store(tracking_uri):
+        for prefix in ("sqlite:///", "file://"):
+            if tracking_uri.startswith(prefix):
+                return Path(tracking_uri[len(prefix) :]).exists()
+        if "://" not in tracking_uri:
+            return Path(tracking_uri).exists()
     return True
 
 
@@ -147,10 +159,15 @@ def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -
     return run_id
 
 
+def config_hash_matches(run: Any, config_hash: str) -> bool:
+    """Whether the run was made from the configuration with this hash (its `config_hash` tag)."""
+    return run.data.tags.get("config_hash") == config_hash
+
+
 def check_config_hash(run: Any, config_hash: str) -> None:
     """A run is only continued by the very trial that made it: same key and same config hash."""
-    logged = run.data.tags.get("config_hash")
-    if logged != config_hash:
+    if not config_hash_matches(run, config_hash):
+        logged = run.data.tags.get("config_hash")
         key = run.data.tags.get(TRIAL_KEY_TAG)
         raise ConfigMismatch(
             f"MLflow run {run.info.run_id} of trial {key} was made from another configuration "
@@ -188,6 +205,13 @@ def finish_run(mlf: Any, run_id: str, status: str, reason: str | None = None) ->
     if reason:
         mlf.set_tag(run_id, REASON_TAG, reason[:4000])
     mlf.set_terminated(run_id, status=status)
+
+
+def finish_pruned(mlf: Any, run_id: str, pruner: str, epoch: int | None) -> None:
+    """End the run of a trial stopped by the search's pruner: KILLED, with the epoch it stopped
+    at as a tag and in the reason."""
+    mlf.set_tag(run_id, STOPPED_AT_TAG, str(epoch))
+    finish_run(mlf, run_id, "KILLED", f"pruned by {pruner} at epoch {epoch}")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

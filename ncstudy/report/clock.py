@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from ncstudy.convergence_ref import NC_PREFIX, choose_reference
-from ncstudy.metrics import metric_target, steps_to_ref
+from ncstudy.convergence_ref import NC_PREFIX, choose_reference, reached_steps
 
 STEPS_TO_REF = "steps_to_ref/"
 
@@ -41,16 +40,14 @@ def fill_steps_to_ref(trials: pd.DataFrame, histories: pd.DataFrame) -> pd.DataF
         ref = choose_reference(_trial(row), candidates)
         if ref is None or not np.isfinite(row["num_classes"]):
             continue  # no reference yet, or K unknown (no readable study.yaml): no target
-        for metric in sorted(m for k, m in series if k == ref.key):
-            name = metric[len(NC_PREFIX) :]
-            try:
-                target = metric_target(name, int(row["num_classes"]))
-            except ValueError:
-                continue  # no convergence target (e.g. gnc2, mir): nothing to reach
-            steps, values = series.get((row["key"], metric), ([], []))
-            ref_steps, ref_values = series[ref.key, metric]
-            alpha = float(row["clock_ewma_alpha"])
-            reached = steps_to_ref(steps, values, ref_steps, ref_values, target, alpha)
+        names = sorted(m[len(NC_PREFIX) :] for k, m in series if k == ref.key)
+        for name, _, reached in reached_steps(
+            names,
+            int(row["num_classes"]),
+            lambda n, key=row["key"]: series.get((key, NC_PREFIX + n), ([], [])),
+            lambda n, key=ref.key: series[key, NC_PREFIX + n],
+            float(row["clock_ewma_alpha"]),
+        ):
             column = STEPS_TO_REF + name
             if column not in out:
                 out[column] = math.nan

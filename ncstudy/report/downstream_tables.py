@@ -24,9 +24,9 @@ from ncstudy.report.tables import (
     pct,
     prepared,
 )
-from ncstudy.spec import CORRUPTIONS
+from ncstudy.spec import CORRUPTIONS, TransferSpec
 
-DEFAULT_REFERENCE = "ce"
+DEFAULT_REFERENCE = TransferSpec.model_fields["reference_loss"].default
 LT_GROUPS = (("all", "lt/acc1"), ("many", "lt/many_acc1"), ("medium", "lt/medium_acc1"))
 LT_GROUPS += (("few", "lt/few_acc1"),)
 

@@ -10,7 +10,6 @@ trials.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import yaml
 from ncstudy import tracking
 from ncstudy.convergence_ref import REFERENCE_TAG, metric_series, quiet_downloads
 from ncstudy.report.clock import fill_steps_to_ref
+from ncstudy.spec import ConvergenceSpec
 
 NOT_STARTED = "NOT STARTED"
 HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss")
@@ -48,7 +48,11 @@ BASE_COLUMNS = [
     "transfer_reference_loss",  # evaluation.transfer.reference_loss (None without transfer)
 ]
 # ncstudy's defaults of those settings, for runs logged before they existed (they used these)
-DEFAULTS = {"clock_reference_loss": "ce", "clock_ewma_alpha": 0.1, "transfer_reference_loss": None}
+DEFAULTS = {
+    "clock_reference_loss": ConvergenceSpec.model_fields["reference_loss"].default,
+    "clock_ewma_alpha": ConvergenceSpec.model_fields["ewma_alpha"].default,
+    "transfer_reference_loss": None,
+}
 
 
 class ReportError(RuntimeError):
@@ -125,20 +129,15 @@ def _study_spec(
 ) -> tuple[Any | None, str | None]:
     """The StudySpec from the study folder's YAML, else from the parent run's artifact; or
     None and why it could not be read."""
-    from mlflow.exceptions import MlflowException
-
     from ncstudy.spec import SpecError, parse_study
 
     text, source = None, None
     if study_yaml is not None and study_yaml.exists():
         text, source = study_yaml.read_text(), str(study_yaml)
     elif parent_id is not None:
-        with quiet_downloads(), tempfile.TemporaryDirectory() as tmp:
-            try:
-                text = Path(mlf.download_artifacts(parent_id, "study.yaml", tmp)).read_text()
-                source = f"the study.yaml of parent run {parent_id}"
-            except (OSError, MlflowException):
-                text = None
+        with quiet_downloads():
+            text = tracking.logged_study_yaml(mlf, parent_id)
+        source = f"the study.yaml of parent run {parent_id}"
     if text is None:
         return None, "no study.yaml was found (study folder or parent-run artifact)"
     try:

@@ -23,7 +23,9 @@ from ncstudy.report.tables import (
     ordered,
     prepared,
 )
+from ncstudy.spec import ConvergenceSpec
 
+DEFAULT_CLOCK_REFERENCE = ConvergenceSpec.model_fields["reference_loss"].default
 TABLE3_METRICS = (
     "erank_intra",
     "erank_inter",
@@ -137,7 +139,7 @@ def convergence(trials: pd.DataFrame) -> Table:
         "(I) the epoch from which the EWMA of the closeness to the NC target stays >= 95 %, as "
         "% of the trial's epochs; (II) the first epoch at which the trial's EWMA reaches the "
         "converged (final EWMA) value of its reference trial (the "
-        f"{refs or 'ce'} trial with the same seed and grid point, "
+        f"{refs or DEFAULT_CLOCK_REFERENCE} trial with the same seed and grid point, "
         "evaluation.convergence.reference_loss), as % of the epoch at which the reference "
         "itself reaches it. Epochs in brackets; mean over finished seeds at each loss's "
         f"{SELECTION}; [k/n]: reached by k of n seeds. not reached: never within training. "

@@ -171,9 +171,10 @@ def _check_loss_values(study: StudySpec) -> None:
     if study.search is not None:
         _check_search_values(study)
     targets = _loss_targets(study)
+    sources = _loss_value_sources(study)
     for i, loss in enumerate(study.losses):
         fields = loss_params_model(loss.name).model_fields
-        for origin, entries in _loss_value_sources(study).items():
+        for origin, entries in sources.items():
             mine = {param: values for param, values in entries.items() if param in fields}
             for combo in itertools.product(*mine.values()):
                 chosen = dict(zip(mine, combo, strict=True))
