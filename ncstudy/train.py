@@ -395,19 +395,14 @@ def _summary(
     alpha: float,
 ) -> dict[str, float]:
     """Final and best values, and the convergence clock of each tracked NC metric."""
-    from ncstudy.metrics import metric_target, steps_to_95
+    from ncstudy.metrics import clock_summary
 
     out = {
         f"final/{k.replace('/', '_')}": v
         for k, v in metrics.items()
         if k.startswith(("val/", "test/")) and "acc1" in k and "/nc/" not in k
     }
-    for name, series in history.items():
-        steps, values = zip(*series, strict=True)
-        target = metric_target(name, num_classes)
-        reached = steps_to_95(list(steps), list(values), target, alpha)
-        if reached is not None:
-            out[f"steps_to_95/{name}"] = float(reached)
+    out.update(clock_summary(history, num_classes, alpha))
     return out
 
 

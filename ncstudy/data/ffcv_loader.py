@@ -113,8 +113,7 @@ class FFCVTrainLoader:
         if augment and views > 1:  # colour_ops(size), batched: each view its own draws
             from ncstudy.data.colour_batch import BatchColourAugment
 
-            kernel = tf.blur_kernel(size) if size >= tf.BLUR_MIN_SIZE else None
-            self.colour = BatchColourAugment(blur_kernel=kernel)
+            self.colour = BatchColourAugment(blur_kernel=tf.scl_blur_kernel(size))
         pipelines = _image_pipelines(size, augment, views)
         self.view_names = list(pipelines)
         self.loader = Loader(

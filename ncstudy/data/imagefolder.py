@@ -86,12 +86,22 @@ def shared_cifar10_zip() -> Path:
     return Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.zip"
 
 
+# Where the shared CIFAR-10 JPEG zip is extracted, relative to the home folder.
+CIFAR10_JPEG_CACHE = Path(".cache", "ncstudy", "cifar10-jpeg")
+
+
+def cifar10_jpeg_cache() -> Path:
+    """The extracted copy of the shared zip: ~/.cache/ncstudy/cifar10-jpeg (the home folder of
+    the moment, so a changed $HOME is honoured)."""
+    return Path.home() / CIFAR10_JPEG_CACHE
+
+
 def cifar10_jpeg_root(spec: Any) -> Path:
     """The extracted copy: `dataset.root`, or ~/.cache/ncstudy/cifar10-jpeg (extracted from the
     shared zip on first use)."""
     if spec.root is not None:
         return Path(spec.root).expanduser()
-    root = Path.home() / ".cache" / "ncstudy" / "cifar10-jpeg"
+    root = cifar10_jpeg_cache()
     if root.is_dir():
         return root
     zip_path = shared_cifar10_zip()
@@ -163,8 +173,10 @@ def _register_imagenet(name: str, classes: int) -> None:
     register_dataset(name, num_classes=classes)(build)
 
 
-_register_imagenet("imagenet", 1000)
-_register_imagenet("imagenet100", 100)
+# The ImageNet-type datasets: name -> class count (each an ImageFolder tree).
+IMAGENET_CLASSES = {"imagenet": 1000, "imagenet100": 100}
+for _name, _classes in IMAGENET_CLASSES.items():
+    _register_imagenet(_name, _classes)
 
 
 @register_dataset("cifar10_jpeg", num_classes=10)

@@ -14,8 +14,6 @@ from typing import Any
 
 from ncstudy.spec import UFM_MODEL, SpecError, StudySpec, expand
 
-IMAGENET_CLASSES = {"imagenet": 1000, "imagenet100": 100}
-
 
 def check_study_data(study: StudySpec) -> None:
     """Raise SpecError (naming the field and the fix) for the first data path of `study` that
@@ -59,6 +57,8 @@ def _fail(field: str, spec: Any, message: str) -> SpecError:
 
 
 def _check_dataset(spec: Any) -> None:
+    from ncstudy.data.imagefolder import IMAGENET_CLASSES
+
     if spec.name.startswith(("cifar10", "cifar100")) and "jpeg" not in spec.name:
         _check_cifar(spec)
     elif spec.name.startswith("cifar10_jpeg"):
@@ -90,12 +90,12 @@ def _check_cifar(spec: Any) -> None:
 
 
 def _check_cifar10_jpeg(spec: Any, field: str = "dataset.root") -> None:
-    from ncstudy.data.imagefolder import shared_cifar10_zip
+    from ncstudy.data.imagefolder import cifar10_jpeg_cache, shared_cifar10_zip
 
     if spec.root is not None:
         _check_tree(Path(spec.root).expanduser(), field, spec, 10)
         return
-    cached = Path.home() / ".cache" / "ncstudy" / "cifar10-jpeg"
+    cached = cifar10_jpeg_cache()
     if not cached.is_dir() and not shared_cifar10_zip().is_file():
         raise _fail(
             field,
@@ -172,7 +172,11 @@ def _check_ffcv(spec: Any) -> None:
 
 
 def _check_transfer(ds: Any, field: str) -> None:
-    from ncstudy.evaluate.transfer import TORCHVISION_FOLDERS, downstream_root, is_imagefolder_tree
+    from ncstudy.evaluate.transfer import (
+        TORCHVISION_FOLDERS,
+        downstream_root,
+        reads_as_imagefolder,
+    )
 
     if ds.name == "cifar10_jpeg":
         _check_cifar10_jpeg(ds, f"{field}.root")
@@ -184,7 +188,7 @@ def _check_transfer(ds: Any, field: str) -> None:
     folder = TORCHVISION_FOLDERS[ds.name]
     if (root / folder).is_dir() or ds.download:
         return
-    if ds.name != "voc2007" and ds.root is not None and is_imagefolder_tree(root):
+    if reads_as_imagefolder(ds, root):  # a named dataset's ImageFolder copy
         _check_tree(root, f"{field}.root", ds, None)
         return
     found = f"neither torchvision's files ({folder}/) nor an ImageFolder tree (train/, test/)"
@@ -200,6 +204,8 @@ def _check_transfer(ds: Any, field: str) -> None:
 def _check_imagenet_c(spec: Any, dataset: Any) -> None:
     """Every requested `<root>/<corruption>/<severity>/` exists; on ImageFolder-type training
     sets its class folders are the training classes (labels are folder positions)."""
+    from ncstudy.evaluate.corruptions import check_same_classes
+
     field = "evaluation.corruptions.imagenet_c_root"
     root = Path(spec.imagenet_c_root).expanduser()
     if not root.is_dir():
@@ -221,21 +227,20 @@ def _check_imagenet_c(spec: Any, dataset: Any) -> None:
                     f"{folder} does not exist; ImageNet-C holds <corruption>/<severity>/<wnid>/ "
                     "(or remove imagenet_c_root to generate the corruptions)",
                 )
-            if train_classes is not None and found != train_classes:
-                raise _fail(
-                    field,
-                    None,
-                    f"{folder} has {len(found)} class folders, {tree}/train {len(train_classes)} "
-                    f"(e.g. {sorted(set(found) ^ set(train_classes))[:3]} differ); its labels are "
-                    "folder positions, so they must be the training classes (ImageNet-1K wnids)",
-                )
+            if train_classes is not None:
+                try:
+                    check_same_classes(found, train_classes, folder)
+                except ValueError as err:  # its message names the field already
+                    raise SpecError(str(err)) from None
 
 
 def _tree_root(dataset: Any) -> Path | None:
     """The ImageFolder root a training set reads its class names from (None: CIFAR pickles)."""
+    from ncstudy.data.imagefolder import IMAGENET_CLASSES, cifar10_jpeg_cache
+
     if dataset.name in ("imagefolder", *IMAGENET_CLASSES) and dataset.root is not None:
         return Path(dataset.root).expanduser()
     if dataset.name.startswith("cifar10_jpeg"):
-        cached = Path.home() / ".cache" / "ncstudy" / "cifar10-jpeg"
+        cached = cifar10_jpeg_cache()
         return Path(dataset.root).expanduser() if dataset.root is not None else cached
     return None

@@ -51,14 +51,22 @@ def colour_ops(size: int, blur: bool | None = None) -> list[Any]:
     """The colour part of an SCL view: jitter (p 0.8), grayscale (p 0.2), blur (p 0.5, on
     ImageNet-sized inputs). They accept PIL images and uint8 (C, H, W) tensors alike (the FFCV
     path crops and flips at decode time and applies these to the decoded tensors)."""
-    blur = size >= BLUR_MIN_SIZE if blur is None else blur
+    kernel = scl_blur_kernel(size, blur)
     ops: list[Any] = [
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
     ]
-    if blur:
-        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=0.5))
+    if kernel is not None:
+        ops.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
     return ops
+
+
+def scl_blur_kernel(size: int, blur: bool | None = None) -> int | None:
+    """The kernel size of the SCL view's blur at input `size`, or None for no blur: by default
+    (`blur` None) only on ImageNet-sized inputs (size >= BLUR_MIN_SIZE); `blur` forces it."""
+    if blur is None:
+        blur = size >= BLUR_MIN_SIZE
+    return blur_kernel(size) if blur else None
 
 
 def blur_kernel(size: int) -> int:

@@ -144,15 +144,20 @@ class CorruptedDataset(Dataset):
     network's input size: the transform's PIL stage (resize, centre crop), the corruption, then
     its tensor stage (to tensor, normalise), as ImageNet-C corrupts the 224 px centre crops."""
 
-    def __init__(self, base: Any, indices: np.ndarray, name: str, severity: int, seed: int):
-        if not (hasattr(base, "load") and hasattr(base, "transform")):
-            raise ValueError(
-                "evaluation.corruptions: the test set has no raw images (digits); use an "
-                "image dataset (cifar10, cifar10_jpeg, imagefolder, ...)"
-            )
+    def __init__(
+        self,
+        base: Any,
+        indices: np.ndarray,
+        name: str,
+        severity: int,
+        seed: int,
+        stages: tuple[Any, Any] | None = None,
+    ):
+        """`stages`: `corruption_stages(base)`, when the caller computed it once for several
+        corruptions and severities of the same `base`; None computes it here."""
+        self.resize_crop, self.to_tensor = corruption_stages(base) if stages is None else stages
         self.base, self.indices = base, np.asarray(indices)
         self.name, self.severity, self.seed = name, severity, seed
-        self.resize_crop, self.to_tensor = split_at_tensor(base.transform)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -163,6 +168,17 @@ class CorruptedDataset(Dataset):
         seed = zlib.crc32(f"{self.seed}/{self.name}/{self.severity}/{j}".encode())
         img = Image.fromarray(corrupt_image(image, self.name, self.severity, seed))
         return self.to_tensor(img), int(self.base.targets[j])
+
+
+def corruption_stages(base: Any) -> tuple[Any, Any]:
+    """(PIL stage, tensor stage) of a test ImageDataset's transform, the stages that
+    CorruptedDataset corrupts between; raises for a test set without raw images."""
+    if not (hasattr(base, "load") and hasattr(base, "transform")):
+        raise ValueError(
+            "evaluation.corruptions: the test set has no raw images (digits); use an "
+            "image dataset (cifar10, cifar10_jpeg, imagefolder, ...)"
+        )
+    return split_at_tensor(base.transform)
 
 
 def split_at_tensor(transform: Any) -> tuple[Any, Any]:
@@ -257,16 +273,20 @@ def corruption_errors(
     out: dict[str, float] = {}
     indices = evenly_spaced(len(test_set), spec.max_images)  # type: ignore[arg-type]
     classes = getattr(getattr(test_set, "source", None), "classes", None)
+    # The same for every corruption and severity: derived from the test transform once.
+    c_transform, stages = None, None
+    if spec.imagenet_c_root is not None:
+        c_transform = imagenet_c_transform(test_set.transform)
+    else:
+        stages = corruption_stages(test_set)
     for name in spec.corruptions:
         errs = []
         for s in spec.severities:
             if spec.imagenet_c_root is not None:
-                data = imagenet_c_dataset(
-                    spec.imagenet_c_root, name, s, imagenet_c_transform(test_set.transform), classes
-                )
+                data = imagenet_c_dataset(spec.imagenet_c_root, name, s, c_transform, classes)
                 data = torch.utils.data.Subset(data, evenly_spaced(len(data), spec.max_images))
             else:
-                data = CorruptedDataset(test_set, indices, name, s, spec.seed)
+                data = CorruptedDataset(test_set, indices, name, s, spec.seed, stages)
             err = 1.0 - accuracy(
                 encoder, criterion, shard_loader(data, rank, world_size, batch_size), device
             )

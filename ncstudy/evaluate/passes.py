@@ -8,14 +8,18 @@ depend on the number of workers or on the batch size.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+if TYPE_CHECKING:
+    from ncstudy.metrics import NCStatistics
 
 
 def shard_loader(
@@ -150,17 +154,14 @@ def _nc4_second_pass(
     encoder: nn.Module, criterion: Any, loader: DataLoader, stats: Any, device: torch.device
 ) -> Any:
     """nc4 counts of the loss's predictions against the class means of `stats` (reduced)."""
-    from ncstudy.metrics.stats import nearest_class_mean
+    from ncstudy.metrics.stats import nc4_counts
 
-    means = stats.sum_features / stats.counts.clamp(min=1)[:, None]
-    valid = stats.counts > 0
-    mismatches, samples = 0.0, 0.0
-    for x, y in loader:
-        h = encoder(x.to(device, non_blocking=True))
-        z = criterion.embed(h).to(means.dtype)
-        nearest = nearest_class_mean(z, means, valid)
-        mismatches += float((nearest != criterion.scores(h).argmax(1)).sum())
-        samples += float(len(y))
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, _ in loader:
+            h = encoder(x.to(device, non_blocking=True))
+            yield criterion.embed(h), criterion.scores(h).argmax(1)
+
+    mismatches, samples = nc4_counts(stats.counts, stats.sum_features, batches())
     mismatches, samples = all_reduce_sum([mismatches, samples], device)
     return dataclasses.replace(
         stats, nc4_mismatches=mismatches, nc4_samples=samples, nc4_source="second_pass"
@@ -211,6 +212,8 @@ def probe_accuracies(
 
     train_x, train_y = gather_features(encoder, loaders["train"], device)
     evals = {split: gather_features(encoder, loaders[split], device) for split in splits}
+    # The probe-independent part of the probes' NC metrics: built once, shared by lp and nlp.
+    basis = probe_nc_basis(train_x, train_y, num_classes) if nc_metrics else None
     out: dict[str, float] = {}
     for name, normalized in (("lp", False), ("nlp", True)):
         probe = train_linear_probe(
@@ -230,34 +233,47 @@ def probe_accuracies(
         )
         for split, (x, y) in evals.items():
             out[f"{split}/{name}_acc1"] = probe_accuracy(probe, x, y)
-        if nc_metrics:
-            metrics = probe_nc_metrics(probe, train_x, train_y, num_classes)
+        if basis is not None:
+            metrics = probe_nc_metrics(probe, train_x, basis)
             out.update({f"nc/{name}/{k}": v for k, v in metrics.items()})
     return out
 
 
+@dataclass(frozen=True)
+class ProbeNCBasis:
+    """What the probes' NC metrics share: the statistics of the gathered training features
+    and each feature's nearest class mean (nc4's reference); neither depends on a probe."""
+
+    stats: NCStatistics
+    nearest: torch.Tensor  # (N,) nearest class mean of each training feature
+
+
 @torch.no_grad()
-def probe_nc_metrics(
-    probe: nn.Module, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> dict[str, float]:
-    """The NC metrics that depend on a probe (its weight rows against the class means of the
-    gathered training features, and nc4 of its predictions), from statistics of features that
-    every rank already holds in full: no all-reduce, no per-class scatter."""
-    from ncstudy.metrics import NCAccumulator, compute_nc_metrics
-    from ncstudy.metrics.compute import WEIGHT_METRICS
-    from ncstudy.metrics.stats import nearest_class_mean
+def probe_nc_basis(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ProbeNCBasis:
+    """The probe-independent part of `probe_nc_metrics`, from features that every rank already
+    holds in full: no all-reduce, no per-class scatter."""
+    from ncstudy.metrics import NCAccumulator
+    from ncstudy.metrics.stats import nearest_pass_mean
 
     acc = NCAccumulator(num_classes, features.shape[1], max_intra_classes=0)
     acc.update(features, labels)
     stats = acc.statistics()
-    means = stats.sum_features / stats.counts.clamp(min=1)[:, None]
-    nearest = nearest_class_mean(features.double(), means, stats.counts > 0)
+    return ProbeNCBasis(stats, nearest_pass_mean(features, stats.counts, stats.sum_features))
+
+
+@torch.no_grad()
+def probe_nc_metrics(
+    probe: nn.Module, features: torch.Tensor, basis: ProbeNCBasis
+) -> dict[str, float]:
+    """The NC metrics that depend on a probe: its weight rows against the class means of the
+    gathered training `features` (summarised in `basis`), and nc4 of its predictions."""
+    from ncstudy.metrics.compute import compute_classifier_metrics
+
     predictions = probe(features.float()).argmax(1)
     stats = dataclasses.replace(
-        stats,
-        nc4_mismatches=float((nearest != predictions).sum()),
-        nc4_samples=float(len(labels)),
+        basis.stats,
+        nc4_mismatches=float((basis.nearest != predictions).sum()),
+        nc4_samples=float(len(predictions)),
         nc4_source="exact",
     )
-    metrics = compute_nc_metrics(stats, probe.weight.detach().double())
-    return {k: v for k, v in metrics.items() if k in WEIGHT_METRICS or k == "nc4"}
+    return compute_classifier_metrics(stats, probe.weight.detach().double())

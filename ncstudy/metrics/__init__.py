@@ -2,6 +2,7 @@
 
 from ncstudy.metrics.compute import METRIC_NAMES, compute_nc_metrics
 from ncstudy.metrics.convergence import (
+    clock_summary,
     closeness,
     ewma,
     metric_target,
@@ -15,6 +16,7 @@ __all__ = [
     "METRIC_NAMES",
     "NCAccumulator",
     "NCStatistics",
+    "clock_summary",
     "closeness",
     "compute_nc_metrics",
     "ewma",

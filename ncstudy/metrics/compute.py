@@ -107,6 +107,20 @@ def _all_finite(*tensors: Tensor) -> bool:
 
 def compute_nc_metrics(stats: NCStatistics, weights: Tensor | None = None) -> dict[str, float]:
     """Every spec metric that is defined for these statistics, keyed by its spec name."""
+    return _compute(stats, weights, with_features=True)
+
+
+def compute_classifier_metrics(stats: NCStatistics, weights: Tensor) -> dict[str, float]:
+    """Only the metrics that depend on the classifier: nc4 (of the predictions in `stats`) and
+    the weight-dependent ones. The same keys and values as `compute_nc_metrics(stats, weights)`
+    restricted to those names, without computing the feature-only metrics."""
+    return _compute(stats, weights, with_features=False)
+
+
+def _compute(
+    stats: NCStatistics, weights: Tensor | None, *, with_features: bool
+) -> dict[str, float]:
+    """The defined metrics: all of them, or (`with_features` False) nc4 and the weight ones."""
     if weights is not None and tuple(weights.shape) != (stats.num_classes, stats.dim):
         raise ValueError(
             f"weights must have shape (num_classes, dim) = ({stats.num_classes}, {stats.dim}), "
@@ -114,7 +128,11 @@ def compute_nc_metrics(stats: NCStatistics, weights: Tensor | None = None) -> di
         )
     if stats.num_samples <= 0 or not _all_finite(stats.sum_features, stats.second_moment):
         return {}
-    out = _feature_metrics(stats)
+    out: dict[str, float | None]
+    if with_features:
+        out = _feature_metrics(stats)
+    else:
+        out = {"nc4": classical.nc4(stats.nc4_mismatches, stats.nc4_samples)}
     if weights is not None:
         w = weights.detach().to(stats.counts.device, stats.counts.dtype)
         if _all_finite(w):

@@ -148,3 +148,18 @@ def record_history(
     for name in names:
         if f"nc/{name}" in metrics:
             history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))
+
+
+def clock_summary(
+    history: dict[str, list[tuple[int, float]]], num_classes: int, alpha: float
+) -> dict[str, float]:
+    """The convergence clock of each recorded metric (`record_history`): `steps_to_95/<name>`
+    for every metric whose EWMA closeness reaches 0.95 (none for one that never does)."""
+    out: dict[str, float] = {}
+    for name, series in history.items():
+        steps, values = zip(*series, strict=True)
+        target = metric_target(name, num_classes)
+        reached = steps_to_95(list(steps), list(values), target, alpha)
+        if reached is not None:
+            out[f"steps_to_95/{name}"] = float(reached)
+    return out

@@ -17,6 +17,7 @@ scores the predictions against this pass's means in a second pass, which is exac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,13 +220,7 @@ class NCAccumulator:
 
     def _score_cache(self) -> tuple[float, float]:
         """Mismatches and samples of the cached predictions against the current class means."""
-        means = self.sum_features / self.counts.clamp(min=1)[:, None]
-        mismatches, samples = 0.0, 0.0
-        for raw, predictions in self._cache:
-            nearest = nearest_class_mean(raw.to(self.dtype), means, self.counts > 0)
-            mismatches += float((nearest != predictions).sum())
-            samples += float(predictions.numel())
-        return mismatches, samples
+        return nc4_counts(self.counts, self.sum_features, self._cache)
 
     def all_reduce(self, group: object | None = None) -> None:
         """Sum every statistic across torch.distributed ranks (no-op when not initialised)."""
@@ -315,3 +310,30 @@ def nearest_class_mean(features: Tensor, means: Tensor, valid: Tensor) -> Tensor
     dist2 = (means * means).sum(1)[None, :] - 2.0 * features @ means.T
     dist2 = dist2.masked_fill(~valid[None, :], float("inf"))
     return dist2.argmin(1)
+
+
+def _pass_means(counts: Tensor, sum_features: Tensor) -> tuple[Tensor, Tensor]:
+    """The class means of one pass (`sum_features / counts`) and which classes have samples."""
+    return sum_features / counts.clamp(min=1)[:, None], counts > 0
+
+
+def nearest_pass_mean(features: Tensor, counts: Tensor, sum_features: Tensor) -> Tensor:
+    """The nearest class mean of each row of `features` among the means of the pass with these
+    sums (classes without samples excluded): what nc4 scores the predictions against."""
+    means, valid = _pass_means(counts, sum_features)
+    return nearest_class_mean(features.to(means.dtype), means, valid)
+
+
+def nc4_counts(
+    counts: Tensor, sum_features: Tensor, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[float, float]:
+    """nc4's counts over `batches` of (features, predictions): how many predictions differ from
+    the nearest class mean of the pass with these sums (`nearest_pass_mean`), and how many
+    predictions there were."""
+    means, valid = _pass_means(counts, sum_features)
+    mismatches, samples = 0.0, 0.0
+    for features, predictions in batches:
+        nearest = nearest_class_mean(features.to(means.dtype), means, valid)
+        mismatches += float((nearest != predictions).sum())
+        samples += float(predictions.numel())
+    return mismatches, samples

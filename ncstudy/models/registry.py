@@ -45,7 +45,8 @@ def model_dims(name: str, width: int | None, feature_dim: int | None) -> tuple[i
 
 
 def build_model(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
-    """Build the encoder named by `spec.name` (a ModelSpec) for inputs of `input_shape`."""
+    """Build the encoder named by `spec.name` (a validated ModelSpec, so width and feature_dim
+    are filled in) for inputs of `input_shape`."""
     _load_builtin()
     if spec.name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {spec.name!r}; valid: {list_models()}")

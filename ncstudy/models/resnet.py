@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ncstudy.models.registry import model_dims, register_model
+from ncstudy.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -118,8 +118,8 @@ def _register(depth: int, cifar: bool) -> None:
     name = f"resnet{depth}" + ("_cifar" if cifar else "")
 
     def build(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
-        width, feature_dim = model_dims(name, spec.width, spec.feature_dim)
-        model: nn.Module = ResNet(depth, cifar, input_shape[0], width, feature_dim)
+        # width and feature_dim: ModelSpec's validator filled in this model's defaults
+        model: nn.Module = ResNet(depth, cifar, input_shape[0], spec.width, spec.feature_dim)
         if spec.sync_bn:  # effective under DDP on CUDA; plain BN on one process
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model

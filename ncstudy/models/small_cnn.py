@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ncstudy.models.registry import model_dims, register_model
+from ncstudy.models.registry import register_model
 
 
 class SmallCNN(nn.Module):
@@ -42,6 +42,6 @@ class SmallCNN(nn.Module):
 @register_model("small_cnn", width=32, feature_dim=lambda width: 64)
 def build_small_cnn(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
     """SmallCNN with `model.width` channels in the first stage and `model.feature_dim` outputs
-    (defaults 32 and 64: its linear layer always maps the pooled 4 x width to feature_dim)."""
-    width, feature_dim = model_dims("small_cnn", spec.width, spec.feature_dim)
-    return SmallCNN(input_shape[0], width, feature_dim)
+    (defaults 32 and 64: its linear layer always maps the pooled 4 x width to feature_dim;
+    ModelSpec's validator fills them in)."""
+    return SmallCNN(input_shape[0], spec.width, spec.feature_dim)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ncstudy.context import WorkerContext
-from ncstudy.metrics.convergence import record_history
+from ncstudy.metrics.convergence import clock_summary, record_history
 from ncstudy.spec import TrialSpec
 from ncstudy.ufm import theory
 from ncstudy.ufm.problem import UFMProblem, balanced_labels
@@ -94,8 +94,6 @@ def set_prototypes(problem: UFMProblem, num_classes: int) -> None:
 def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = None) -> None:
     """Optimise one UFM trial, reporting every `evaluation.every` iterations; `run` holds the
     MLflow tracking URI and run id (nothing is logged without it)."""
-    from ncstudy.metrics import metric_target, steps_to_95
-
     threads = max(1, int(trial.resources.cpus_per_worker))
     torch.set_num_threads(int(os.environ.get("NCSTUDY_THREADS", threads)))
     u, ev = trial.ufm, trial.evaluation
@@ -154,12 +152,7 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = 
         metrics["best/val_acc1"] = best
         if it >= u.iterations:
             metrics.update({"final/val_acc1": acc1, "final/train_loss": loss, "status": "finished"})
-            for name, series in history.items():
-                steps, values = zip(*series, strict=True)
-                target, alpha = metric_target(name, u.K), ev.convergence.ewma_alpha
-                reached = steps_to_95(list(steps), list(values), target, alpha)
-                if reached is not None:
-                    metrics[f"steps_to_95/{name}"] = float(reached)
+            metrics.update(clock_summary(history, u.K, ev.convergence.ewma_alpha))
         checkpoint = {
             "ufm": problem.state(),
             "history": history,
