@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from data_prep.write_beton import official_sources, write_beton
 from ncstudy.data import build_data
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
-from ncstudy.spec import DatasetSpec
+from ncstudy.config import DatasetSpec
 from ncstudy.train import MultiView
 
 

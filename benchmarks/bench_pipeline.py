@@ -17,7 +17,7 @@ import torch
 
 from ncstudy.context import LocalContext
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
-from ncstudy.spec import expand, parse_study
+from ncstudy.config import expand, parse_study
 from ncstudy.train import train_loop
 
 

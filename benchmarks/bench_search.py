@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from ncstudy.spec import parse_study
+from ncstudy.config import parse_study
 from ncstudy.study import run_study
 
 TEMPERATURES = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ncstudy.context import LocalContext
-from ncstudy.spec import expand, parse_study
+from ncstudy.config import expand, parse_study
 
 
 def make_study(

@@ -57,7 +57,7 @@ def quiet_downloads() -> Iterator[None]:
 
 def trial_spec_of(mlf: Any, run_id: str) -> Any:
     """The resolved TrialSpec a child run was started with (its `trial.yaml` artifact)."""
-    from ncstudy.spec import TrialSpec
+    from ncstudy.config import TrialSpec
 
     with quiet_downloads(), tempfile.TemporaryDirectory() as tmp:
         path = mlf.download_artifacts(run_id, "trial.yaml", tmp)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ncstudy import tracking
-from ncstudy.spec import StudySpec, TrialSpec
+from ncstudy.config import StudySpec, TrialSpec
 
 if TYPE_CHECKING:
     from ncstudy.study import StudyPaths

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ncstudy.spec import SpecError, StudySpec, TrialSpec, expand, load_study
+from ncstudy.config import SpecError, StudySpec, TrialSpec, expand, load_study
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from ncstudy import tracking
-from ncstudy.spec import LossSpec, RangeSpec, SearchSpec, StudySpec, TrialSpec, resolve_trial
+from ncstudy.config import LossSpec, RangeSpec, SearchSpec, StudySpec, TrialSpec, resolve_trial
 
 STORAGE_ENV = "NCSTUDY_OPTUNA_STORAGE"
 STOPPED_AT_TAG = tracking.STOPPED_AT_TAG

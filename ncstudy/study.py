@@ -16,7 +16,7 @@ import yaml
 
 from ncstudy import tracking
 from ncstudy.resume import MARKER, StudyError, check_can_start
-from ncstudy.spec import StudySpec, TrialSpec, expand
+from ncstudy.config import StudySpec, TrialSpec, expand
 from ncstudy.trial import run_trial, uses_train
 
 TRAIN_DRIVER_CPU = 0.05  # the Tune process of a multi-worker trial only waits on its workers

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ncstudy.context import WorkerContext
 from ncstudy.evaluate import downstream as ds
 from ncstudy.metrics.convergence import record_history
-from ncstudy.spec import TrialSpec
+from ncstudy.config import TrialSpec
 
 # Metrics the convergence clock follows (spec/metrics.md, the source paper's Table 7).
 CLOCK_METRICS = (

@@ -12,7 +12,7 @@ import traceback
 from typing import Any
 
 from ncstudy import tracking
-from ncstudy.spec import TrialSpec
+from ncstudy.config import TrialSpec
 
 
 def uses_train(trial: TrialSpec) -> bool:
@@ -52,7 +52,7 @@ def trial_of(config: dict[str, Any]) -> TrialSpec:
     if "trial" in config:
         return TrialSpec.model_validate(config["trial"])
     from ncstudy.search import trial_from_point
-    from ncstudy.spec import StudySpec
+    from ncstudy.config import StudySpec
 
     study = StudySpec.model_validate(config["study"])
     trial = trial_from_point(study, config["loss_index"], config["point"])

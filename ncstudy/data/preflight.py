@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ncstudy.spec import UFM_MODEL, SpecError, StudySpec, expand
+from ncstudy.config import UFM_MODEL, SpecError, StudySpec, expand
 
 
 def check_study_data(study: StudySpec) -> None:

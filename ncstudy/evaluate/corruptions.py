@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ncstudy.evaluate.passes import accuracy, shard_loader
-from ncstudy.spec import CORRUPTIONS
+from ncstudy.config import CORRUPTIONS
 
 # AlexNet's corruption errors on ImageNet-C (fraction, mean over the 5 severities), in the order of
 # CORRUPTIONS. Source: Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
     from ncstudy.losses import NCLoss
-    from ncstudy.spec import TrialSpec
+    from ncstudy.config import TrialSpec
 
 
 def downstream_plan(

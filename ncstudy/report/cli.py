@@ -48,7 +48,7 @@ def resolve_target(target: str, output: str | None = None) -> Target:
         name = yaml.safe_load(marker.read_text())["name"]
         output_dir = Path(output).expanduser() if output else path.resolve().parent
     elif path.suffix in (".yaml", ".yml") and path.is_file():
-        from ncstudy.spec import SpecError, load_study
+        from ncstudy.config import SpecError, load_study
 
         try:
             study = load_study(path, {"output_dir": output} if output else None)

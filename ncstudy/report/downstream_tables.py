@@ -24,7 +24,7 @@ from ncstudy.report.tables import (
     pct,
     prepared,
 )
-from ncstudy.spec import CORRUPTIONS, TransferSpec
+from ncstudy.config import CORRUPTIONS, TransferSpec
 
 DEFAULT_REFERENCE = TransferSpec.model_fields["reference_loss"].default
 LT_GROUPS = (("all", "lt/acc1"), ("many", "lt/many_acc1"), ("medium", "lt/medium_acc1"))

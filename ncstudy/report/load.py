@@ -22,7 +22,7 @@ import yaml
 from ncstudy import tracking
 from ncstudy.convergence_ref import REFERENCE_TAG, metric_series, quiet_downloads
 from ncstudy.report.clock import fill_steps_to_ref
-from ncstudy.spec import ConvergenceSpec
+from ncstudy.config import ConvergenceSpec
 
 NOT_STARTED = "NOT STARTED"
 HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss")
@@ -129,7 +129,7 @@ def _study_spec(
 ) -> tuple[Any | None, str | None]:
     """The StudySpec from the study folder's YAML, else from the parent run's artifact; or
     None and why it could not be read."""
-    from ncstudy.spec import SpecError, parse_study
+    from ncstudy.config import SpecError, parse_study
 
     text, source = None, None
     if study_yaml is not None and study_yaml.exists():
@@ -148,7 +148,7 @@ def _study_spec(
 
 def _expected(spec: Any | None) -> list[Any]:
     """The grid's trials; none for a search study (its trials are sampled as it runs)."""
-    from ncstudy.spec import expand
+    from ncstudy.config import expand
 
     if spec is None or getattr(spec, "search", None) is not None:
         return []

@@ -23,7 +23,7 @@ from ncstudy.report.tables import (
     ordered,
     prepared,
 )
-from ncstudy.spec import ConvergenceSpec
+from ncstudy.config import ConvergenceSpec
 
 DEFAULT_CLOCK_REFERENCE = ConvergenceSpec.model_fields["reference_loss"].default
 TABLE3_METRICS = (

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ncstudy.context import WorkerContext
 from ncstudy.metrics.convergence import clock_summary, record_history
-from ncstudy.spec import TrialSpec
+from ncstudy.config import TrialSpec
 from ncstudy.ufm import theory
 from ncstudy.ufm.problem import UFMProblem, balanced_labels
 from ncstudy.ufm.regularized import RegularizedUFM
