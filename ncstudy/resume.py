@@ -7,22 +7,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from ncstudy import tracking
 from ncstudy.config import StudySpec, TrialSpec
-
-if TYPE_CHECKING:
-    from ncstudy.study import StudyPaths
-
-MARKER = "study.yaml"
-
-
-class StudyError(RuntimeError):
-    """A study that cannot start (already exists, nothing to resume, edited since its runs,
-    does not fit the cluster, bad output folder); the CLI exits with code 2."""
+from ncstudy.paths import MARKER, StudyError, StudyPaths
 
 
 def check_can_start(

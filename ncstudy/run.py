@@ -14,12 +14,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ncstudy.cluster import resolve_address
 from ncstudy.config import SpecError, StudySpec, TrialSpec, expand, load_study
+from ncstudy.paths import StudyError, StudyPaths
+from ncstudy.study import run_study
+from ncstudy.summary import format_summary, mlflow_ui_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (losses and their parameters are listed in --help)."""
-    from ncstudy.losses import describe_losses
+    from ncstudy.losses import describe_losses  # the loss registry imports torch
 
     parser = argparse.ArgumentParser(
         prog="python -m ncstudy.run",
@@ -70,7 +74,7 @@ def _dim(dim: object) -> str:
 
 def search_table(study: StudySpec) -> str:
     """The --dry-run description of an Optuna search."""
-    from ncstudy.search import loss_space, n_trials
+    from ncstudy.search import loss_space, n_trials  # optuna and ray: only for searches
 
     search = study.search
     assert search is not None
@@ -114,7 +118,6 @@ def install_sigterm_handler() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from ncstudy.study import StudyError, StudyPaths, format_summary, mlflow_ui_command, run_study
 
     try:
         overrides = {"output_dir": args.output} if args.output else None
@@ -124,11 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {loss.name: loss.train for loss in study.losses}
             print(trial_table(trials, overrides) if study.search is None else search_table(study))
             return 0
-        from ncstudy.cluster import resolve_address
-
         address = resolve_address(args.address)
         if address is None:  # local: the data is here, check every path before Ray starts
-            from ncstudy.data.preflight import check_study_data
+            from ncstudy.data.preflight import check_study_data  # ncstudy.data imports torch
 
             check_study_data(study)
         else:
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_summary(rows))
     print(f"\nbrowse the runs:  {mlflow_ui_command(StudyPaths.of(study, args.storage_path))}")
     if study.search is not None:
-        from ncstudy.search import dashboard_command
+        from ncstudy.search import dashboard_command  # optuna and ray: only for searches
 
         print(f"optuna study:  {dashboard_command(study.study_dir)}")
     # pruned search trials end KILLED by design; only failures make the exit code 1

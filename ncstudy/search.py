@@ -17,6 +17,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ncstudy import tracking
 from ncstudy.config import LossSpec, RangeSpec, SearchSpec, StudySpec, TrialSpec, resolve_trial
+from ncstudy.config.loss_inputs import loss_axes, loss_temperatures
+from ncstudy.paths import StudyError
+from ncstudy.targets import StudyTarget
 
 STORAGE_ENV = "NCSTUDY_OPTUNA_STORAGE"
 STOPPED_AT_TAG = tracking.STOPPED_AT_TAG
@@ -25,32 +28,38 @@ log = logging.getLogger(__name__)
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch with the bookkeeping a study needs: trials stopped by the scheduler are
-    PRUNED (Ray's records them COMPLETE with their last value) and their MLflow runs end
-    KILLED at once, with the epoch they stopped at; NaN-failed trials are FAIL; Optuna steps are
-    our own epochs (Tune's training_iteration restarts at 1 after a trial restart)."""
+    """OptunaSearch with the bookkeeping a study needs: each sampled point becomes its resolved
+    trial before Tune sees it (every trial function receives `{"trial": <TrialSpec>}`); trials
+    stopped by the scheduler are PRUNED (Ray's records them COMPLETE with their last value) and
+    their MLflow runs end KILLED at once, with the epoch they stopped at; NaN-failed trials are
+    FAIL; Optuna steps are our own epochs (Tune's training_iteration restarts at 1 after a trial
+    restart)."""
 
-    def __init__(self, *args: Any, pruner: str = "none", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        study: StudySpec,
+        loss_index: int,
+        target: StudyTarget | None = None,
+        pruner: str = "none",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self._study, self._loss_index = study, loss_index
+        self._target = target  # where the trials' MLflow runs are (None: no MLflow, in tests)
         self._pruner = pruner
-        self._constants: dict[str, Any] = {}  # the param space's constants (study, env, ...)
-        self._configs: dict[str, dict[str, Any]] = {}  # Tune trial id -> suggested config
+        self._keys: dict[str, str] = {}  # Tune trial id -> the trial key it was given
         self._reported: dict[str, set[int]] = {}  # Tune trial id -> epochs told to Optuna
 
-    def set_search_properties(
-        self, metric: str | None, mode: str | None, config: dict, **spec: Any
-    ) -> bool:
-        # the constants name a trial's run (study, loss_index) and find it in MLflow (env)
-        self._constants = {k: v for k, v in config.items() if k != "point"}
-        return super().set_search_properties(metric, mode, config, **spec)
-
     def suggest(self, trial_id: str) -> dict | None:
-        """The sampled point, plus its Optuna trial number (it names the trial's run)."""
+        """The resolved trial of the sampled point; its key ends with the Optuna trial number."""
         config = super().suggest(trial_id)
-        if isinstance(config, dict):
-            config = {**config, "optuna_trial": self._ot_trials[trial_id].number}
-            self._configs[trial_id] = config
-        return config
+        if not isinstance(config, dict):
+            return config  # None (wait) or Searcher.FINISHED
+        number = self._ot_trials[trial_id].number
+        trial = search_trial(self._study, self._loss_index, config.get("point", {}), number)
+        self._keys[trial_id] = trial.key
+        return {"trial": trial.model_dump(mode="json")}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._completed_trials:
@@ -104,17 +113,14 @@ class PruningOptunaSearch(OptunaSearch):
     def _close_run(self, trial_id: str, status: str, epoch: int | None = None) -> None:
         """End the trial's MLflow run if it is still RUNNING (a stopped trial's process never
         returns to close it): KILLED with the epoch it stopped at, or FINISHED."""
-        env, config = self._constants.get("env"), self._configs.get(trial_id)
-        if env is None or config is None:  # no MLflow behind this searcher (unit tests)
+        target, key = self._target, self._keys.get(trial_id)
+        if target is None or key is None:  # no MLflow behind this searcher (unit tests)
             return
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: only when a run is closed
 
-        from ncstudy.trial import trial_of
-
-        key = trial_of({**self._constants, **config}).key
         try:
-            mlf = tracking.client(env["tracking_uri"])
-            for run in tracking.find_runs(mlf, env["experiment_id"], tracking.TRIAL_KEY_TAG, key):
+            mlf = tracking.client(target.tracking_uri)
+            for run in tracking.find_runs(mlf, target.experiment_id, tracking.TRIAL_KEY_TAG, key):
                 if run.info.status != "RUNNING":
                     continue
                 if status == "KILLED":
@@ -135,17 +141,7 @@ class PruningOptunaSearch(OptunaSearch):
 def loss_space(search: SearchSpec, loss: LossSpec) -> dict[str, RangeSpec | list[Any]]:
     """The part of the search space that applies to `loss` (temperature and loss.<param> only
     for the losses that have them)."""
-    from ncstudy.losses import loss_params_model, takes_temperature
-
-    fields = loss_params_model(loss.name).model_fields
-    out = {}
-    for name, dim in search.space.items():
-        if name == "temperature" and not takes_temperature(loss.name):
-            continue
-        if name.startswith("loss.") and name[5:] not in fields:
-            continue
-        out[name] = dim
-    return out
+    return loss_axes(loss.name, search.space)
 
 
 def grid_size(space: dict[str, RangeSpec | list[Any]]) -> int:
@@ -183,15 +179,21 @@ def tune_space(search: SearchSpec, loss: LossSpec) -> dict[str, Any]:
 
 def trial_from_point(study: StudySpec, loss_index: int, point: dict[str, Any]) -> TrialSpec:
     """The resolved trial of one sampled point (the seed is the grid's first seed)."""
-    from ncstudy.losses import takes_temperature
-
     loss = study.losses[loss_index]
-    temp = None
-    if takes_temperature(loss.name):
-        temp = point.get("temperature", (loss.temperatures or study.grid.temperature)[0])
+    temp = point.get("temperature", loss_temperatures(study, loss)[0])
     batch = point.get("batch_size", study.grid.batch_size[0])
     axes = {k: v for k, v in point.items() if k.startswith(("train.", "loss."))}
     return resolve_trial(study, loss, temp, batch, study.grid.seed[0], axes)
+
+
+def search_trial(
+    study: StudySpec, loss_index: int, point: dict[str, Any], optuna_trial: int
+) -> TrialSpec:
+    """The trial Tune runs for a sampled point. A search may sample the same point twice (TPE
+    does), so its key ends with the Optuna trial number (`-o3`): stable across --resume, unique
+    within the search."""
+    trial = trial_from_point(study, loss_index, point)
+    return trial.model_copy(update={"key": f"{trial.key}-o{optuna_trial}"})
 
 
 def optuna_storage_url(study_dir: Path) -> str:
@@ -201,8 +203,6 @@ def optuna_storage_url(study_dir: Path) -> str:
     url = os.environ.get(STORAGE_ENV, "").strip()
     if not url:
         return f"sqlite:///{study_dir.resolve()}/optuna.db"
-    from ncstudy.resume import StudyError
-
     if "://" not in url:
         raise StudyError(
             f"{STORAGE_ENV}={url!r} is not an Optuna RDB URL; set it to e.g. "
@@ -241,20 +241,28 @@ def make_sampler(search: SearchSpec, loss: LossSpec) -> optuna.samplers.BaseSamp
     return optuna.samplers.GridSampler(space, seed=search.seed)
 
 
-def make_searcher(study: StudySpec, loss: LossSpec, study_dir: Path) -> PruningOptunaSearch:
-    """Ray Tune's OptunaSearch over the loss's Optuna study. Called for a new Tuner only (a
+def make_searcher(
+    study: StudySpec, loss_index: int, study_dir: Path, target: StudyTarget | None = None
+) -> PruningOptunaSearch:
+    """Ray Tune's OptunaSearch over the loss's Optuna study, with the loss's space (named
+    `point/<name>`, the names the grid sampler's space uses). Called for a new Tuner only (a
     Tuner restored from Tune's saved state keeps its own searcher), so trials the storage still
     holds as RUNNING belong to a run that is gone: they are retired and re-run."""
-    search = study.search
+    search, loss = study.search, study.losses[loss_index]
     assert search is not None
     storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir))
     retire_stale_trials(storage, optuna_study_name(study, loss))
     return PruningOptunaSearch(
+        # converted here: Tune's domains given as `space` would be converted with a warning
+        space=OptunaSearch.convert_search_space({"point": tune_space(search, loss)}),
         metric=search.metric,
         mode=search.mode,
         sampler=make_sampler(search, loss),
         study_name=optuna_study_name(study, loss),
         storage=storage,
+        study=study,
+        loss_index=loss_index,
+        target=target,
         pruner=search.pruner,
     )
 

@@ -13,17 +13,15 @@ from typing import Any
 
 import yaml
 
+# the store a study's output folder implies: owned by paths.py, kept here for its callers
+from ncstudy.paths import default_tracking_uri as default_tracking_uri
+
 TRIAL_KEY_TAG = "ncstudy.trial_key"
 ROLE_TAG = "ncstudy.role"
 REASON_TAG = "ncstudy.failure_reason"
 STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"  # the epoch a pruned trial's run stopped at
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
-
-
-def default_tracking_uri(output_dir: Path) -> str:
-    """MLFLOW_TRACKING_URI if set (a server on a cluster), else a SQLite store in output_dir."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output_dir.resolve()}/mlflow.db"
 
 
 def client(tracking_uri: str) -> Any:

@@ -9,10 +9,12 @@ Train controller and worker-group start-up (see benchmarks/README.md for the cos
 from __future__ import annotations
 
 import traceback
+from dataclasses import asdict
 from typing import Any
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec
+from ncstudy.targets import RunTarget, StudyTarget
 
 
 def uses_train(trial: TrialSpec) -> bool:
@@ -24,18 +26,20 @@ def uses_train(trial: TrialSpec) -> bool:
     return r.workers_per_trial > 1 or not r.single_worker_fastpath
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune function: find or create the child run, train, and end the run with its status."""
+def run_trial(config: dict[str, Any], target: StudyTarget) -> None:
+    """Tune function: find or create the child run, train, and end the run with its status.
+    `config` is `{"trial": <TrialSpec>}` for grid and search trials alike; `target` (bound by
+    `tune.with_parameters`) is where the study records."""
     trial = trial_of(config)
-    env = config["env"]
-    mlf = tracking.client(env["tracking_uri"])
-    run_id = tracking.ensure_child_run(mlf, env["experiment_id"], env["parent_run_id"], trial)
+    mlf = tracking.client(target.tracking_uri)
+    run_id = tracking.ensure_child_run(mlf, target.experiment_id, target.parent_run_id, trial)
     mlf.set_tag(run_id, "ncstudy.node_id", _node_id())
-    run = {"tracking_uri": env["tracking_uri"], "run_id": run_id}
+    run = RunTarget(tracking_uri=target.tracking_uri, run_id=run_id)
     try:
-        final = (
-            _train_with_ray_train(trial, run, env) if uses_train(trial) else _train_here(trial, run)
-        )
+        if uses_train(trial):
+            final = _train_with_ray_train(trial, run, target.train_storage)
+        else:
+            final = _train_here(trial, run)
     except Exception as err:
         tracking.finish_run(mlf, run_id, "FAILED", reason=_reason(err))
         raise
@@ -46,32 +50,30 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def trial_of(config: dict[str, Any]) -> TrialSpec:
-    """The resolved trial of a Tune config: a grid trial, or a point sampled by a search.
-    A search may sample the same point twice (TPE does), so a search trial's key ends with its
-    Optuna trial number (`-o3`): stable across --resume, unique within the search."""
-    if "trial" in config:
-        return TrialSpec.model_validate(config["trial"])
-    from ncstudy.search import trial_from_point
-    from ncstudy.config import StudySpec
-
-    study = StudySpec.model_validate(config["study"])
-    trial = trial_from_point(study, config["loss_index"], config["point"])
-    return trial.model_copy(update={"key": f"{trial.key}-o{config['optuna_trial']}"})
+    """The resolved trial of a Tune config (the grid's and the search's have one shape)."""
+    return TrialSpec.model_validate(config["trial"])
 
 
-def _train_here(trial: TrialSpec, run: dict[str, Any]) -> dict[str, Any]:
+def _worker_run(run: RunTarget) -> dict[str, Any]:
+    """TEMPORARY, until the worker side accepts RunTarget (issue #13, worker side): the loops
+    on this branch still take the run as a dict. Removed at merge."""
+    return asdict(run)
+
+
+def _train_here(trial: TrialSpec, run: RunTarget) -> dict[str, Any]:
+    # torch, the data and model registries: only in the process that trains
     from ncstudy.context import TuneContext
     from ncstudy.train import train_loop
     from ncstudy.ufm.runner import ufm_loop
 
     ctx = TuneContext()
-    (ufm_loop if trial.ufm is not None else train_loop)(trial, ctx, run)
+    loop = ufm_loop if trial.ufm is not None else train_loop
+    loop(trial, ctx, _worker_run(run))  # until the worker side accepts RunTarget: (.., run)
     return ctx.reports[-1] if ctx.reports else {}
 
 
-def _train_with_ray_train(
-    trial: TrialSpec, run: dict[str, Any], env: dict[str, Any]
-) -> dict[str, Any]:
+def _train_with_ray_train(trial: TrialSpec, run: RunTarget, train_storage: str) -> dict[str, Any]:
+    # ray.train and torch: only for trials that run on a Ray Train worker group
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -87,14 +89,15 @@ def _train_with_ray_train(
     # its last checkpoint instead of starting over.
     trainer = TorchTrainer(
         ray_train_entry,
-        train_loop_config={"trial": trial.model_dump(mode="json"), "run": run},
+        # until the worker side accepts RunTarget: "run": run
+        train_loop_config={"trial": trial.model_dump(mode="json"), "run": _worker_run(run)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=r.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
             name=trial.key,
-            storage_path=env["train_storage"],
+            storage_path=train_storage,
             failure_config=FailureConfig(max_failures=r.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -107,7 +110,7 @@ def _train_with_ray_train(
 
 def _node_id() -> str:
     """The Ray node this trial's Tune process runs on (its workers may be elsewhere)."""
-    import ray
+    import ray  # already loaded in a Tune process; keeps the module light for the driver
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from pydantic import ValidationError
 
 from ncstudy.config.errors import _first_error
+from ncstudy.config.loss_inputs import applies, loss_axes
 from ncstudy.config.sections import (
     AXIS_SECTIONS,
     UFM_MODEL,
@@ -141,9 +142,7 @@ def _check_axis(study: StudySpec, path: str, values: list[Any]) -> None:
         raise ValueError(f"{where}: the axis is empty; give at least one value")
     section, _, field = path.partition(".")
     if section == "loss":
-        from ncstudy.losses import loss_params_model
-
-        takers = [s.name for s in study.losses if field in loss_params_model(s.name).model_fields]
+        takers = [s.name for s in study.losses if applies(s.name, path)]
         if not field or field == "temperature" or not takers:
             raise ValueError(_no_such_loss_param(study, where, field))
         return
@@ -166,18 +165,15 @@ def _check_loss_values(study: StudySpec) -> None:
     """Every value that a grid axis or a search space gives a loss (a `loss.<param>`, a searched
     temperature, a `model.feature_dim`/dataset/ufm axis that changes d or K) passes the checks
     of a plain loss entry, so a bad value stops the study here, not inside a Ray worker."""
-    from ncstudy.losses import loss_params_model
-
     if study.search is not None:
         _check_search_values(study)
     targets = _loss_targets(study)
     sources = _loss_value_sources(study)
     for i, loss in enumerate(study.losses):
-        fields = loss_params_model(loss.name).model_fields
         for origin, entries in sources.items():
-            mine = {param: values for param, values in entries.items() if param in fields}
+            mine = loss_axes(loss.name, entries)
             for combo in itertools.product(*mine.values()):
-                chosen = dict(zip(mine, combo, strict=True))
+                chosen = {p[5:]: v for p, v in zip(mine, combo, strict=True)}
                 given = ", ".join(f"{origin}.loss.{f}={v!r}" for f, v in chosen.items())
                 given += ": " if given else ""
                 for context, check in targets:
@@ -190,13 +186,13 @@ def _check_loss_values(study: StudySpec) -> None:
 
 
 def _loss_value_sources(study: StudySpec) -> dict[str, dict[str, list[Any]]]:
-    """The values each origin can give a loss parameter: grid axes (every combination runs)
-    and search-space choices or range endpoints."""
-    grid = {p[5:]: list(v) for p, v in study.grid.axes.items() if p.startswith("loss.")}
+    """The values each origin can give a loss parameter (`loss.<param>` -> values): grid axes
+    (every combination runs) and search-space choices or range endpoints."""
+    grid = {p: list(v) for p, v in study.grid.axes.items() if p.startswith("loss.")}
     out = {"grid.axes": grid}
     if study.search is not None:
         out["search.space"] = {
-            p[5:]: d if isinstance(d, list) else [d.low, d.high]
+            p: d if isinstance(d, list) else [d.low, d.high]
             for p, d in study.search.space.items()
             if p.startswith("loss.")
         }
@@ -262,8 +258,8 @@ def _check_search_values(study: StudySpec) -> None:
             if bad:
                 raise ValueError(f"{where}: batch sizes must be integers >= 1, got {bad}")
         elif section == "loss":
-            infos = [loss_params_model(s.name).model_fields.get(field) for s in study.losses]
-            infos = [info for info in infos if info is not None]
+            takers = [s.name for s in study.losses if applies(s.name, path)]
+            infos = [loss_params_model(name).model_fields[field] for name in takers]
             if field == "temperature" or not infos:
                 raise ValueError(_no_such_loss_param(study, where, field))
             if not isinstance(dim, list) and not all(_takes_reals(i) for i in infos):

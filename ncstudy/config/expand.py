@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ncstudy.config.errors import SpecError
+from ncstudy.config.loss_inputs import loss_axes, loss_temperatures
 from ncstudy.config.sections import (
     AXIS_SECTIONS,
     DatasetSpec,
@@ -48,23 +49,12 @@ def _short(field: str) -> str:
 def expand(study: StudySpec) -> list[TrialSpec]:
     """The grid as fully resolved trials, in a deterministic order with unique keys."""
     trials: list[TrialSpec] = []
-    from ncstudy.losses import loss_params_model, takes_temperature
-
     for loss in study.losses:
-        temps: list[float | None] = (
-            (loss.temperatures or study.grid.temperature)
-            if takes_temperature(loss.name)
-            else [None]
-        )
-        # loss.<param> axes apply only to the losses that have that parameter
-        fields = loss_params_model(loss.name).model_fields
-        grid_axes = {
-            p: v
-            for p, v in study.grid.axes.items()
-            if not p.startswith("loss.") or p.partition(".")[2] in fields
-        }
+        grid_axes = loss_axes(loss.name, study.grid.axes)
         for temp, batch, combo in itertools.product(
-            temps, study.grid.batch_size, itertools.product(*grid_axes.values())
+            loss_temperatures(study, loss),
+            study.grid.batch_size,
+            itertools.product(*grid_axes.values()),
         ):
             axes = dict(zip(grid_axes, combo, strict=True))
             for seed in study.grid.seed:
@@ -96,7 +86,7 @@ def resolve_trial(
     for path, value in axes.items():
         section, _, field = path.partition(".")
         (params if section == "loss" else sections[section])[field] = value
-    if temp is not None:
+    if temp is not None:  # the loss receives it; the trial's `temperature` is read from here
         params["temperature"] = temp
     train = TrainSpec.model_validate(sections["train"])
     ufm = UFMSpec.model_validate(sections["ufm"]) if "ufm" in sections else None
@@ -107,7 +97,6 @@ def resolve_trial(
         study=study.name,
         loss=loss.name,
         loss_params=params,
-        temperature=temp,
         batch_size=ufm.num_samples if ufm else batch,
         seed=seed,
         lr=ufm.step if ufm else train.effective_lr(batch),

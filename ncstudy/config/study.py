@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ncstudy.config.checks import (
     _check_axis,
@@ -118,8 +126,7 @@ class TrialSpec(Strict):
     key: str
     study: str
     loss: str
-    loss_params: dict[str, Any]
-    temperature: float | None
+    loss_params: dict[str, Any]  # what the loss receives, its temperature included
     batch_size: int
     seed: int
     lr: float
@@ -130,6 +137,38 @@ class TrialSpec(Strict):
     evaluation: EvaluationSpec
     axes: dict[str, Any] = Field(default_factory=dict)
     ufm: UFMSpec | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def temperature(self) -> float | None:
+        """The loss's temperature, read from its parameters (None for a loss without one)."""
+        return self.loss_params.get("temperature")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_temperature(cls, data: Any) -> Any:
+        """A dumped trial carries `temperature`: it must agree with `loss_params`."""
+        if isinstance(data, dict) and "temperature" in data:
+            data = dict(data)
+            temp = data.pop("temperature")
+            if temp != (data.get("loss_params") or {}).get("temperature"):
+                raise ValueError(
+                    f"temperature: {temp} differs from loss_params.temperature; the "
+                    "temperature is the loss's parameter, set it there only"
+                )
+        return data
+
+    @model_serializer(mode="wrap")
+    def _temperature_after_params(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Dumps list `temperature` right after `loss_params` (where the field used to be), so
+        trial.yaml, the Tune configs and the MLflow params read as before."""
+        out = handler(self)
+        if not isinstance(out, dict) or "temperature" not in out or "loss_params" not in out:
+            return out
+        temp = out.pop("temperature")
+        items = list(out.items())
+        at = [k for k, _ in items].index("loss_params") + 1
+        return dict([*items[:at], ("temperature", temp), *items[at:]])
 
     def config_hash(self) -> str:
         """A short, stable hash of everything that determines the trial's result."""

@@ -19,10 +19,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ncstudy import search as srch
-from ncstudy.convergence_ref import metric_series
-from ncstudy.search import loss_space, n_trials, trial_from_point
 from ncstudy.config import SpecError, parse_study
-from ncstudy.study import StudyError
+from ncstudy.convergence_ref import metric_series
+from ncstudy.paths import StudyError
+from ncstudy.search import loss_space, n_trials, trial_from_point
+from ncstudy.targets import StudyTarget
 from ncstudy.trial import trial_of
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -141,19 +142,23 @@ def test_every_sampler_drives_an_optuna_study(sampler: str) -> None:
 # --- the Ray Tune <-> Optuna glue, driven the way Tune's controller drives it (no Ray) -------
 
 
-def searcher(spec: object, study_dir: Path, env: dict | None = None) -> srch.PruningOptunaSearch:
-    """The searcher of the study's last loss, given the param space a Tuner would give it."""
+def searcher(
+    spec: object, study_dir: Path, target: StudyTarget | None = None
+) -> srch.PruningOptunaSearch:
+    """The searcher of the study's last loss, as a Tuner would get it (it owns its space)."""
     index = len(spec.losses) - 1  # type: ignore[attr-defined]
-    loss = spec.losses[index]  # type: ignore[attr-defined]
-    s = srch.make_searcher(spec, loss, study_dir)  # type: ignore[arg-type]
-    space = {
-        "point": srch.tune_space(spec.search, loss),  # type: ignore[attr-defined]
-        "study": spec.model_dump(mode="json"),  # type: ignore[attr-defined]
-        "loss_index": index,
-        **({"env": env} if env else {}),
-    }
-    assert s.set_search_properties(None, None, space)
+    s = srch.make_searcher(spec, index, study_dir, target)  # type: ignore[arg-type]
+    assert not s.set_search_properties(None, None, {})  # Tune's param space stays empty
     return s
+
+
+def point_of(config: dict) -> dict:
+    """The sampled point (Optuna's names) of a suggested trial, read back from the trial."""
+    trial = config["trial"]
+    return {"point/temperature": trial["temperature"], "point/train.lr": trial["train"]["lr"]}
+
+
+TARGET = StudyTarget("sqlite:///unused", "1", "parent", "/unused/train")
 
 
 def stored(spec: object, study_dir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -170,12 +175,12 @@ def test_suggestions_carry_point_names_and_the_optuna_trial_number(tmp_path: Pat
     spec = grid_study([0.1, 0.5], [0.1, 0.3])
     s = searcher(spec, tmp_path)
     config = s.suggest("t0")
-    assert set(config) == {"point", "optuna_trial"} and config["optuna_trial"] == 0
+    assert set(config) == {"trial"}  # the one shape every trial function receives
     (trial,) = stored(spec, tmp_path)
     # Optuna's names are Tune's flattened paths, the names the GridSampler's space uses
-    assert trial.params == {f"point/{k}": v for k, v in config["point"].items()}
-    key = trial_of({"study": spec.model_dump(mode="json"), "loss_index": 1, **config}).key
-    tau, lr = config["point"]["temperature"], config["point"]["train.lr"]
+    assert trial.params == point_of(config) and trial.number == 0
+    key = trial_of(config).key
+    tau, lr = trial.params["point/temperature"], trial.params["point/train.lr"]
     assert key == f"normface-t{tau:g}-b64-lr{lr:g}-s7-o0"
 
 
@@ -246,13 +251,9 @@ def test_stopped_trials_close_their_runs_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = grid_study([0.1, 0.5])
-    env = {"tracking_uri": "sqlite:///unused", "experiment_id": "1"}
-    s = searcher(spec, tmp_path, env)
+    s = searcher(spec, tmp_path, TARGET)
     configs = {tid: s.suggest(tid) for tid in ("a", "b")}
-    key = {
-        tid: trial_of({"study": spec.model_dump(mode="json"), "loss_index": 1, **c}).key
-        for tid, c in configs.items()
-    }
+    key = {tid: trial_of(c).key for tid, c in configs.items()}
     fake = FakeMlflow({key["a"]: "RUNNING", key["b"]: "RUNNING"})
     monkeypatch.setattr(srch.tracking, "client", lambda uri: fake)
     s.on_trial_complete("b", {"val/acc1": 0.2, "epoch": 3})  # pruned at epoch 3
@@ -275,7 +276,7 @@ def test_an_mlflow_outage_does_not_fail_the_stopped_trial(
     from mlflow.exceptions import MlflowException
 
     spec = grid_study([0.1, 0.5])
-    s = searcher(spec, tmp_path, {"tracking_uri": "sqlite:///unused", "experiment_id": "1"})
+    s = searcher(spec, tmp_path, TARGET)
     s.suggest("a")
 
     def unreachable(uri: str) -> object:
@@ -309,9 +310,8 @@ def test_resume_without_tune_state_counts_outcomes_and_reruns_stale_trials(
     trials = stored(spec, tmp_path)
     assert [t.state for t in trials] == [COMPLETE, PRUNED, FAIL, FAIL, WAITING]
     assert srch.finished_optuna_trials(spec, loss, tmp_path) == 3
-    points = [second.suggest(f"r{i}")["point"] for i in range(left)]
-    rerun = {f"point/{k}": v for k, v in points[0].items()}
-    assert rerun == trials[3].params  # the lost point first
+    points = [point_of(second.suggest(f"r{i}")) for i in range(left)]
+    assert points[0] == trials[3].params  # the lost point first
     for i in range(left):
         second.on_trial_complete(f"r{i}", {"status": "finished", "val/acc1": 0.4, "epoch": 4})
     trials = stored(spec, tmp_path)

@@ -20,9 +20,9 @@ import yaml
 
 from ncstudy import study as st
 from ncstudy import tracking
+from ncstudy.config import expand, parse_study
 from ncstudy.context import LocalContext, load_state_file
 from ncstudy.run import install_sigterm_handler, main
-from ncstudy.config import expand, parse_study
 
 
 def spec(tmp_path: Path, **over: Any) -> dict:
@@ -228,8 +228,9 @@ def _child_then(action):
     """A stand-in for the grid run: opens the trial's child run (as a trial process would),
     then does `action`."""
 
-    def run_grid(study, trials, env, paths, resume, mlf, experiment_id, tune_status, n):
-        tracking.ensure_child_run(mlf, experiment_id, env["parent_run_id"], trials[0])
+    def run_grid(run, trials):
+        target = run.target
+        tracking.ensure_child_run(run.mlf, target.experiment_id, target.parent_run_id, trials[0])
         action()
         return False
 

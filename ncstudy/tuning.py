@@ -1,0 +1,176 @@
+"""Ray Tune's side of a study: one place builds the Tuner of the grid and of each loss's search
+(restored from Tune's saved state on --resume), with the trials' resources, how many run at
+once, their names and the progress lines.
+
+Every trial function receives one config shape, `{"trial": <TrialSpec as JSON>}`: the grid puts
+its resolved trials in the param space, a search's searcher resolves each sampled point before
+Tune sees it (search.py). Where the study records (StudyTarget) is bound to the trial function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ncstudy.cluster import max_concurrent_trials
+from ncstudy.config import StudySpec, TrialSpec
+from ncstudy.paths import StudyPaths
+from ncstudy.targets import StudyTarget
+from ncstudy.trial import run_trial, uses_train
+
+TRAIN_DRIVER_CPU = 0.05  # the Tune process of a multi-worker trial only waits on its workers
+
+# what a new Tuner gets: its param space and its TuneConfig options; None: nothing left to run
+NewTuner = tuple[dict[str, Any], dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class TunerPlan:
+    """What differs between the grid's Tuner and a search's: its experiment name (a folder
+    under the study's storage), a trial that carries the trials' resources, and how to make it
+    new (called only when Tune has no saved state to restore)."""
+
+    name: str
+    probe: TrialSpec
+    new: Callable[[], NewTuner]
+
+
+def build_tuner(
+    plan: TunerPlan,
+    study: StudySpec,
+    paths: StudyPaths,
+    target: StudyTarget,
+    resume: bool,
+    concurrency: int,
+) -> Any:
+    """The plan's Tuner: restored from Tune's saved state when resuming, else new (None when
+    the plan has nothing left to run)."""
+    from ray import tune  # ray: only when a study runs
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, target=target), trial_resources(plan.probe)
+    )
+    tune_path = f"{paths.storage}/{plan.name}"
+    if resume and tune.Tuner.can_restore(tune_path):
+        return tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    new = plan.new()
+    if new is None:
+        return None
+    param_space, options = new
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            trial_name_creator=trial_key,
+            trial_dirname_creator=trial_key,
+            **options,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=paths.storage,
+            failure_config=tune.FailureConfig(max_failures=study.resources.trial_max_failures),
+            callbacks=[_progress_callback()],
+            verbose=0,
+        ),
+    )
+
+
+def grid_plan(todo: list[TrialSpec]) -> TunerPlan:
+    """The grid's Tuner: one Tune trial per resolved trial still to run."""
+
+    def new() -> NewTuner:
+        from ray import tune  # ray: only when a study runs
+
+        space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in todo])}
+        return space, {"reuse_actors": True}  # ~1.5 s -> ~0.1 s of start-up per trial (STACK.md)
+
+    return TunerPlan("tune", todo[0], new)
+
+
+def search_plan(
+    study: StudySpec, loss_index: int, paths: StudyPaths, target: StudyTarget, left: int
+) -> TunerPlan:
+    """One loss's Optuna search: `left` more trials sampled by its searcher, each resolved to
+    its trial before Tune sees it; nothing to run when none is left."""
+    from ncstudy import search as s  # optuna: only for searches
+
+    assert study.search is not None
+    loss = study.losses[loss_index]
+
+    def new() -> NewTuner:
+        if left <= 0:
+            return None
+        options = {
+            "search_alg": s.make_searcher(study, loss_index, paths.study_dir, target),
+            "scheduler": s.make_scheduler(study.search, study.train.epochs),
+            "num_samples": left,
+        }
+        return {}, options
+
+    return TunerPlan(f"tune-{loss.name}", s.trial_from_point(study, loss_index, {}), new)
+
+
+def trial_key(tune_trial: Any) -> str:
+    """The ncstudy trial key of a Tune trial (names its Tune trial and folder)."""
+    return tune_trial.config["trial"]["key"]
+
+
+def trial_resources(trial: TrialSpec) -> dict[str, float]:
+    """What one Tune trial reserves: its worker's CPUs/GPUs in the fast path, else a sliver for
+    the Tune process that waits on its Ray Train workers."""
+    r = trial.resources
+    if uses_train(trial):
+        return {"cpu": TRAIN_DRIVER_CPU}
+    res = {"cpu": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        res["gpu"] = r.gpus_per_worker
+    return res
+
+
+def concurrency(study: StudySpec, trial: TrialSpec, existing_cluster: bool = False) -> int:
+    """How many trials run at once: what fits the Ray cluster, capped by the YAML's limit; on
+    an existing (possibly autoscaling) cluster the YAML's limit as given (cluster.py)."""
+    import ray  # ray: only when a study runs
+
+    r = trial.resources
+    per_trial = {
+        "workers_per_trial": r.workers_per_trial,
+        "cpus_per_worker": r.cpus_per_worker,
+        "gpus_per_worker": r.gpus_per_worker,
+        # the fast path's Tune process is the worker; a Train trial's Tune process only waits
+        "driver_cpus": TRAIN_DRIVER_CPU if uses_train(trial) else 0.0,
+    }
+    return max_concurrent_trials(
+        ray.cluster_resources(),
+        per_trial,
+        study.resources.max_concurrent_trials,
+        existing_cluster=existing_cluster,
+    )
+
+
+def _progress_callback() -> Any:
+    """A Tune callback that prints one line per evaluation and per ended trial."""
+    from ray import tune  # ray: only when a study runs
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            if "test/acc1" in result:  # an evaluation epoch
+                val = result.get("val/acc1")  # absent without a validation split
+                val_text = "n/a" if val is None else f"{100 * val:.2f} %"
+                print(
+                    f"  {trial_key(trial)}: epoch {result.get('epoch')}  "
+                    f"loss {result['train/loss']:.4f}  val acc1 {val_text}",
+                    flush=True,
+                )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            print(f"  {trial_key(trial)}: done", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            print(f"  {trial_key(trial)}: error (see the summary)", flush=True)
+
+    return Progress()
