@@ -73,6 +73,7 @@ def check_can_start(
         )
     if trials is not None:
         _check_trial_configs(mlf, experiment_id, trials)
+    check_tune_state(study, paths, parent.data.tags.get("git_commit", "unknown"))
 
 
 def _study_record(name: str, tracking_uri: str) -> tuple[Any, str, Any] | None:
@@ -156,3 +157,56 @@ def check_writable(path: Path) -> None:
             f"output_dir: cannot create {path} ({probe} is not a writable folder); "
             "set output_dir (or --output) to a folder you can write"
         )
+
+
+# Tune configs of a study started before every trial had one shape, `{"trial": ...}` (issue
+# #13): a grid's trials also held "env"; a search's held "point", "study", "loss_index", "env"
+# and its searcher (saved with them) produced that shape.
+_SEARCH_SHAPE_BEFORE = ("point", "study", "loss_index")
+
+
+def check_tune_state(study: StudySpec, paths: StudyPaths, started_by: str) -> None:
+    """Refuse --resume of a search whose Ray Tune state was saved by an ncstudy before the one
+    config shape: its saved searcher and pending trials cannot run here. (A grid saved then
+    resumes: its trials hold the resolved trial under "trial", and "env" is ignored.)"""
+    if study.search is None:
+        return
+    for loss in study.losses:
+        tune_path = paths.tune_path(loss.name)
+        keys = _saved_param_space_keys(tune_path)
+        if keys is None:
+            continue
+        before = sorted({k.split("/")[0] for k in keys} & set(_SEARCH_SHAPE_BEFORE))
+        if before:
+            raise StudyError(
+                f"--resume: Ray Tune's saved state of the {loss.name} search ({tune_path}) was "
+                f"written by an earlier ncstudy (its trial configs hold {', '.join(before)}), "
+                "which this version cannot continue; finish the study with the ncstudy that "
+                f"started it (git commit {started_by}), or move {tune_path} aside and run "
+                "--resume again: the Optuna study and MLflow keep every finished trial, and "
+                "the unfinished ones run again"
+            )
+
+
+def _saved_param_space_keys(tune_path: str) -> list[str] | None:
+    """The param space keys Ray Tune saved with its Tuner at `tune_path` (flattened, `a/b`),
+    or None where there is no saved Tuner."""
+    import pyarrow.fs  # with ray: only on --resume
+    import ray.cloudpickle
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(
+        tune_path if "://" in tune_path else Path(tune_path).resolve().as_uri()
+    )
+    pkl = f"{path}/tuner.pkl"
+    if fs.get_file_info(pkl).type == pyarrow.fs.FileType.NotFound:
+        return None
+    try:
+        with fs.open_input_file(pkl) as f:
+            state = ray.cloudpickle.loads(f.readall())
+        return list(state.get("__flattened_param_space_keys") or [])
+    except Exception as err:  # noqa: BLE001 - any unreadable state gets the same advice
+        raise StudyError(
+            f"--resume: cannot read Ray Tune's saved state {pkl} ({type(err).__name__}: {err}); "
+            f"move {tune_path} aside and run --resume again: MLflow keeps every finished "
+            "trial, and the unfinished ones run again"
+        ) from None
