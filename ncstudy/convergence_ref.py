@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ncstudy import tracking
+from ncstudy.config import TrialSpec
 from ncstudy.metrics import metric_target, steps_to_ref
 
 REFERENCE_TAG = "ncstudy.steps_to_ref.reference"
@@ -57,8 +58,6 @@ def quiet_downloads() -> Iterator[None]:
 
 def trial_spec_of(mlf: Any, run_id: str) -> Any:
     """The resolved TrialSpec a child run was started with (its `trial.yaml` artifact)."""
-    from ncstudy.config import TrialSpec
-
     with quiet_downloads(), tempfile.TemporaryDirectory() as tmp:
         path = mlf.download_artifacts(run_id, "trial.yaml", tmp)
         return TrialSpec.model_validate(yaml.safe_load(Path(path).read_text()))
@@ -68,7 +67,7 @@ def num_classes_of(trial: Any) -> int:
     """K of a trial: the UFM's K, else the dataset's class count."""
     if trial.ufm is not None:
         return int(trial.ufm.K)
-    from ncstudy.data.registry import dataset_num_classes
+    from ncstudy.data.registry import dataset_num_classes  # the data registry imports torch
 
     return dataset_num_classes(trial.dataset)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from ncstudy import tracking
 from ncstudy.config import StudySpec, TrialSpec
@@ -79,7 +80,7 @@ def check_can_start(
 def _study_record(name: str, tracking_uri: str) -> tuple[Any, str, Any] | None:
     """The study's MLflow parent run `(client, experiment_id, run)`, or None; read-only (a
     missing local store stays missing: `find_study_run` checks `store_exists`)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow: only where it is used
 
     try:
         return tracking.find_study_run(tracking_uri, name)
@@ -101,8 +102,6 @@ _ABSENT = "(absent)"
 def study_changes(stored: Any, study: StudySpec) -> list[str]:
     """`field: before -> now` for every field of `study` that differs from the stored study
     (defaults filled in on both sides), except the fields that may change on --resume."""
-    from pydantic import ValidationError
-
     now = tracking.flatten(study.model_dump(mode="json"))
     if not isinstance(stored, dict):
         return [f"(the stored study is not a mapping: {str(stored)[:80]})"]
@@ -191,8 +190,8 @@ def check_tune_state(study: StudySpec, paths: StudyPaths, started_by: str) -> No
 def _saved_param_space_keys(tune_path: str) -> list[str] | None:
     """The param space keys Ray Tune saved with its Tuner at `tune_path` (flattened, `a/b`),
     or None where there is no saved Tuner."""
-    import pyarrow.fs  # with ray: only on --resume
-    import ray.cloudpickle
+    import pyarrow.fs  # pyarrow: only on --resume
+    import ray.cloudpickle  # ray: only on --resume
 
     fs, path = pyarrow.fs.FileSystem.from_uri(
         tune_path if "://" in tune_path else Path(tune_path).resolve().as_uri()

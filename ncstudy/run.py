@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,8 +109,6 @@ class _Stop:
 def install_sigterm_handler() -> None:
     """Make SIGTERM behave like Ctrl-C for the rest of this process (signal handlers can only
     be installed from the main thread; elsewhere this does nothing)."""
-    import threading
-
     _Stop.received = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _Stop.on_sigterm)

@@ -13,6 +13,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
 from ncstudy import tracking
@@ -164,8 +166,6 @@ def n_trials(search: SearchSpec, loss: LossSpec) -> int:
 def tune_space(search: SearchSpec, loss: LossSpec) -> dict[str, Any]:
     """Tune domains of the space (OptunaSearch converts them to Optuna distributions named
     `point/<name>`, the names the grid sampler's space uses)."""
-    from ray import tune
-
     out: dict[str, Any] = {}
     for name, dim in loss_space(search, loss).items():
         if isinstance(dim, list):
@@ -215,7 +215,7 @@ def optuna_storage_url(study_dir: Path) -> str:
 def dashboard_command(study_dir: Path) -> str:
     """The optuna-dashboard command for this study's storage, without any password in the URL
     (the dashboard takes the same URL; the password stays in NCSTUDY_OPTUNA_STORAGE)."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # sqlalchemy: only for this one printed command
 
     url = optuna_storage_url(study_dir)
     shown = make_url(url).render_as_string(hide_password=True)
@@ -270,8 +270,6 @@ def make_searcher(
 def make_scheduler(search: SearchSpec, max_epochs: int) -> Any:
     """ASHA or the median stopping rule on our own `epoch` counter (Tune's training_iteration
     restarts at 1 after a trial restart), or None."""
-    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
-
     if search.pruner == "asha":
         return ASHAScheduler(
             time_attr="epoch",

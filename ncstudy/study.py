@@ -9,6 +9,8 @@ so a retried or resumed trial continues its own run and no run is ever duplicate
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,9 +157,6 @@ def _start_ray(address: str | None, ray_init_kwargs: dict[str, Any] | None) -> N
     """Start (or connect to) Ray unless it runs already. ray.init replaces the caller's SIGTERM
     handler by an immediate exit; a handler the caller installed (the CLI's, which stops the
     study like Ctrl-C) is put back."""
-    import signal
-    import threading
-
     import ray  # ray: only when a study runs
 
     if ray.is_initialized():
@@ -245,9 +244,6 @@ def _fit(tuner: Any) -> None:
     (stop the run, save the experiment) at the start of `fit()` and restores the previous one
     only after a signal, so without this a later Ctrl-C or SIGTERM (the CLI forwards SIGTERM to
     the SIGINT handler) would reach a finished run's handler and be swallowed."""
-    import signal
-    import threading
-
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:

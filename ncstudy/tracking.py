@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
 
 def client(tracking_uri: str) -> Any:
     """An MlflowClient for an absolute tracking URI (trial processes have other cwds)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # mlflow (~1 s to import): only where it is used
 
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -73,9 +74,7 @@ def find_study_run(tracking_uri: str, study_name: str) -> tuple[Any, str, Any] |
 
 def logged_study_yaml(mlf: Any, run_id: str) -> str | None:
     """The study YAML logged to a parent run, or None if it has none."""
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow: only where it is used
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -176,7 +175,7 @@ def check_config_hash(run: Any, config_hash: str) -> None:
 
 def log_params(mlf: Any, run_id: str, params: dict[str, Any]) -> None:
     """Log params in batches of 100 (MLflow's limit per call)."""
-    from mlflow.entities import Param
+    from mlflow.entities import Param  # mlflow: only where it is used
 
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
@@ -186,7 +185,7 @@ def log_params(mlf: Any, run_id: str, params: dict[str, Any]) -> None:
 def log_metrics(mlf: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Log finite numeric metrics at `step` in one batch (non-finite values are skipped, since
     MLflow stores NaN poorly; the trial's status says why a run stopped)."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # mlflow: only where it is used
 
     now = int(time.time() * 1000)
     items = [

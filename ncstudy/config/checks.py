@@ -53,7 +53,7 @@ def _check_loss_train(study: StudySpec) -> None:
         try:
             TrainSpec.model_validate({**study.train.model_dump(exclude_unset=True), **loss.train})
         except ValidationError as err:
-            reason = _first_error(err).removeprefix("(top level): ")
+            reason = _first_error(err, type(study)).removeprefix("(top level): ")
             raise ValueError(f"{where}: {reason}") from None
 
 
@@ -87,7 +87,7 @@ def _check_ufm_study(study: StudySpec) -> None:
         try:
             ufm = UFMSpec.model_validate({**base, **values})
         except ValidationError as err:
-            raise ValueError(f"grid.axes ({values}): {_first_error(err)}") from None
+            raise ValueError(f"grid.axes ({values}): {_first_error(err, type(study))}") from None
         for i, loss in enumerate(study.losses):
             try:
                 check_ufm_loss(loss.name, loss.params, ufm)
@@ -98,6 +98,7 @@ def _check_ufm_study(study: StudySpec) -> None:
 
 def check_ufm_loss(name: str, params: dict[str, Any], ufm: UFMSpec) -> None:
     """A loss must fit the UFM variant and dimensions (raises ValueError with the fix)."""
+    # the loss registry and the UFM package import torch: only while a study is validated
     from ncstudy.losses import check_loss_compat
     from ncstudy.ufm import REGULARIZED_LOSSES, SPHERICAL_LOSSES
     from ncstudy.ufm.spherical import POSITIVE_LOSSES
@@ -158,7 +159,7 @@ def _check_axis(study: StudySpec, path: str, values: list[Any]) -> None:
         try:
             AXIS_SECTIONS[section].model_validate({**base, field: v})
         except ValidationError as err:
-            raise ValueError(f"{where}={v!r}: {_first_error(err)}") from None
+            raise ValueError(f"{where}={v!r}: {_first_error(err, type(study))}") from None
 
 
 def _check_loss_values(study: StudySpec) -> None:
@@ -201,6 +202,7 @@ def _loss_value_sources(study: StudySpec) -> dict[str, dict[str, list[Any]]]:
 
 def _loss_targets(study: StudySpec) -> list[tuple[str, Any]]:
     """(context, check(name, params)) for every (d, K) or UFM problem the study's axes reach."""
+    # the data and loss registries import torch: only while a study is validated
     from ncstudy.data.registry import dataset_num_classes
     from ncstudy.losses import check_loss_compat
 
@@ -239,7 +241,7 @@ def _loss_targets(study: StudySpec) -> list[tuple[str, Any]]:
 def _check_search_values(study: StudySpec) -> None:
     """Search-space entries: every choice and range endpoint is a valid value of its field,
     ranges only on real-valued fields (a sampled 3.7 is no queue size)."""
-    from ncstudy.losses import loss_params_model
+    from ncstudy.losses import loss_params_model  # the loss registry imports torch
 
     assert study.search is not None
     for path, dim in study.search.space.items():
@@ -280,13 +282,13 @@ def _check_search_values(study: StudySpec) -> None:
                 try:
                     TrainSpec.model_validate({**base, field: v})
                 except ValidationError as err:
-                    raise ValueError(f"{where}={v!r}: {_first_error(err)}") from None
+                    raise ValueError(f"{where}={v!r}: {_first_error(err, type(study))}") from None
 
 
 def _check_search_metric(study: StudySpec) -> None:
     """The search metric must be in every epoch's report of every trial the search runs. UFM
     trials report val/acc1, train/acc1 and train/loss at every report."""
-    from ncstudy.losses.registry import predicts_with_class_means
+    from ncstudy.losses.registry import predicts_with_class_means  # imports torch
 
     search = study.search
     if search is None or study.ufm is not None:
@@ -317,7 +319,7 @@ def _check_search_metric(study: StudySpec) -> None:
 
 def _no_such_loss_param(study: StudySpec, where: str, field: str) -> str:
     """The error of a `loss.<param>` axis or search entry that no loss of the study has."""
-    from ncstudy.losses import loss_params_model
+    from ncstudy.losses import loss_params_model  # the loss registry imports torch
 
     params = {
         s.name: [f for f in loss_params_model(s.name).model_fields if f != "temperature"]

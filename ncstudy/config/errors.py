@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -11,26 +12,22 @@ class SpecError(ValueError):
     """A study file that cannot run; the message names the field and the fix."""
 
 
-def _first_error(err: ValidationError) -> str:
+def _first_error(err: ValidationError, root: type[BaseModel]) -> str:
     """Format pydantic errors as 'field.path: message' lines; an unknown field lists the
-    fields allowed where it stands."""
+    fields allowed where it stands (its location read from `root`, the StudySpec)."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = _unknown_field(e["loc"])
+            msg = _unknown_field(e["loc"], root)
         lines.append(f"{where}: {msg}")
     return "; ".join(lines)
 
 
-def _unknown_field(loc: tuple[int | str, ...]) -> str:
+def _unknown_field(loc: tuple[int | str, ...], root: type[BaseModel]) -> str:
     """'unknown field; allowed: ...' (with the closest spelling) for the section at `loc`."""
-    import difflib
-
-    from ncstudy.config.study import StudySpec  # the root of every error location
-
-    model: Any = StudySpec
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):  # a list index: the list's items are `model`
             continue

@@ -77,6 +77,7 @@ class StudySpec(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
+        # the data and loss registries import torch: only while a study is validated
         from ncstudy.data.registry import dataset_num_classes
         from ncstudy.losses import check_loss_compat
 
@@ -199,4 +200,4 @@ def parse_study(raw: dict[str, Any], source: str = "<study>") -> StudySpec:
     try:
         return StudySpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(f"{source}: {_first_error(err)}") from None
+        raise SpecError(f"{source}: {_first_error(err, StudySpec)}") from None
