@@ -15,10 +15,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ncstudy import study as driver
 from ncstudy.cluster import resolve_address
 from ncstudy.config import SpecError, StudySpec, TrialSpec, expand, load_study
 from ncstudy.paths import StudyError, StudyPaths
-from ncstudy.study import run_study
 from ncstudy.summary import format_summary, mlflow_ui_command
 
 
@@ -136,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = f"{len(trials)} trials" if study.search is None else "an Optuna search per loss"
         print(f"study '{study.name}': {what} -> {study.study_dir}", flush=True)
         install_sigterm_handler()
-        rows = run_study(study, resume=args.resume, address=address, storage_path=args.storage_path)
+        rows = driver.run_study(
+            study, resume=args.resume, address=address, storage_path=args.storage_path
+        )
     except (SpecError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
