@@ -7,7 +7,8 @@ output folder).
 
 Modules: `sections` (dataset, model, train, loss entry, grid, resources, ufm), `evaluation`,
 `search_space`, `checks` (cross-field checks of a whole study), `study` (StudySpec, TrialSpec,
-loading), `expand` (the grid as trials), `errors`.
+loading), `expand` (the grid as trials), `loss_inputs` (what each loss receives: its
+temperatures and the axes that apply to it), `errors`.
 """
 
 from ncstudy.config.checks import check_ufm_loss
