@@ -13,6 +13,7 @@ from typing import Any
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec
+from ncstudy.targets import RunTarget
 
 
 def uses_train(trial: TrialSpec) -> bool:
@@ -31,7 +32,7 @@ def run_trial(config: dict[str, Any]) -> None:
     mlf = tracking.client(env["tracking_uri"])
     run_id = tracking.ensure_child_run(mlf, env["experiment_id"], env["parent_run_id"], trial)
     mlf.set_tag(run_id, "ncstudy.node_id", _node_id())
-    run = {"tracking_uri": env["tracking_uri"], "run_id": run_id}
+    run = RunTarget(tracking_uri=env["tracking_uri"], run_id=run_id)
     try:
         final = (
             _train_with_ray_train(trial, run, env) if uses_train(trial) else _train_here(trial, run)
@@ -59,7 +60,7 @@ def trial_of(config: dict[str, Any]) -> TrialSpec:
     return trial.model_copy(update={"key": f"{trial.key}-o{config['optuna_trial']}"})
 
 
-def _train_here(trial: TrialSpec, run: dict[str, Any]) -> dict[str, Any]:
+def _train_here(trial: TrialSpec, run: RunTarget) -> dict[str, Any]:
     from ncstudy.context import TuneContext
     from ncstudy.train import train_loop
     from ncstudy.ufm.runner import ufm_loop
@@ -70,7 +71,7 @@ def _train_here(trial: TrialSpec, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_with_ray_train(
-    trial: TrialSpec, run: dict[str, Any], env: dict[str, Any]
+    trial: TrialSpec, run: RunTarget, env: dict[str, Any]
 ) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

@@ -13,9 +13,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ncstudy.data import transforms as tf
+from ncstudy.data.bundle import DataBundle
 from ncstudy.data.digits import stratified_split
 from ncstudy.data.longtail import longtail_subset, per_class_subset
-from ncstudy.data.registry import DataBundle
 
 
 @dataclass(frozen=True)

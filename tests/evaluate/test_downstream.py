@@ -374,10 +374,10 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_loop_logs_downstream_metrics(
     cifar_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ncstudy.train
+    from ncstudy.runlog import RunLogger
 
     logged: list[dict] = []
-    monkeypatch.setattr(ncstudy.train, "_log", lambda mlf, run, m, epoch: logged.append(dict(m)))
+    monkeypatch.setattr(RunLogger, "log", lambda logger, m, epoch: logged.append(dict(m)))
     study = {
         "name": "downstream",
         "dataset": {

@@ -15,7 +15,8 @@ from ncstudy.report.downstream_tables import (
     longtail_table,
     transfer_table,
 )
-from ncstudy.report.tables import MISSING, all_tables
+from ncstudy.report.build import all_tables
+from ncstudy.report.tables import MISSING
 from ncstudy.config import CORRUPTIONS
 
 LT = {"ce": (0.60, 0.90, 0.50, 0.10), "supcon": (0.66, 0.90, 0.55, 0.20)}  # all/many/medium/few

@@ -20,7 +20,8 @@ from ncstudy.report.cli import main as report_main
 from ncstudy.report.cli import resolve_target
 from ncstudy.report.clock import fill_steps_to_ref
 from ncstudy.report.markdown import markdown_table
-from ncstudy.report.tables import MISSING, all_tables
+from ncstudy.report.build import all_tables
+from ncstudy.report.tables import MISSING
 from ncstudy.config import expand, parse_study
 
 STUDY = {
