@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torchvision import datasets
 
 from ncstudy.data.bundle import DataBundle
 from ncstudy.data.images import ImageSource, make_bundle
@@ -30,8 +31,6 @@ def cifar_root(spec: Any) -> Path:
 
 def load_cifar(which: str, root: Path, download: bool) -> tuple[ImageSource, ImageSource]:
     """The official train and test sets of `which` ("cifar10" | "cifar100") as uint8 arrays."""
-    from torchvision import datasets
-
     cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
     folder, url = ARCHIVES[which]
     if not download and not (root / folder).is_dir():
