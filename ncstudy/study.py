@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from ncstudy import tracking
-from ncstudy.resume import MARKER, StudyError, check_can_start
 from ncstudy.config import StudySpec, TrialSpec, expand
+from ncstudy.resume import MARKER, StudyError, check_can_start
 from ncstudy.trial import run_trial, uses_train
 
 TRAIN_DRIVER_CPU = 0.05  # the Tune process of a multi-worker trial only waits on its workers

@@ -52,8 +52,8 @@ def trial_of(config: dict[str, Any]) -> TrialSpec:
     Optuna trial number (`-o3`): stable across --resume, unique within the search."""
     if "trial" in config:
         return TrialSpec.model_validate(config["trial"])
-    from ncstudy.search import trial_from_point
     from ncstudy.config import StudySpec
+    from ncstudy.search import trial_from_point
 
     study = StudySpec.model_validate(config["study"])
     trial = trial_from_point(study, config["loss_index"], config["point"])
@@ -70,9 +70,7 @@ def _train_here(trial: TrialSpec, run: RunTarget) -> dict[str, Any]:
     return ctx.reports[-1] if ctx.reports else {}
 
 
-def _train_with_ray_train(
-    trial: TrialSpec, run: RunTarget, env: dict[str, Any]
-) -> dict[str, Any]:
+def _train_with_ray_train(trial: TrialSpec, run: RunTarget, env: dict[str, Any]) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ncstudy.run import main
 from ncstudy.config import SpecError, expand, load_study, parse_study, trial_key
+from ncstudy.run import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ncstudy import search as srch
+from ncstudy.config import SpecError, parse_study
 from ncstudy.convergence_ref import metric_series
 from ncstudy.search import loss_space, n_trials, trial_from_point
-from ncstudy.config import SpecError, parse_study
 from ncstudy.study import StudyError
 from ncstudy.trial import trial_of
 

@@ -20,9 +20,9 @@ import yaml
 
 from ncstudy import study as st
 from ncstudy import tracking
+from ncstudy.config import expand, parse_study
 from ncstudy.context import LocalContext, load_state_file
 from ncstudy.run import install_sigterm_handler, main
-from ncstudy.config import expand, parse_study
 
 
 def spec(tmp_path: Path, **over: Any) -> dict:

@@ -125,8 +125,8 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 def test_ffcv_loader_feeds_the_worker_loop(tmp_path: Path, cifar_root: Path) -> None:
     pytest.importorskip("ffcv")
     from data_prep.write_beton import main as write_beton
-    from ncstudy.context import LocalContext
     from ncstudy.config import expand, parse_study
+    from ncstudy.context import LocalContext
     from ncstudy.train import train_loop
 
     betons = tmp_path / "betons"

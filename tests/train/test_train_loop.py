@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import ncstudy.train as train_module
+from ncstudy.config import expand, parse_study
 from ncstudy.context import LocalContext
 from ncstudy.evaluate import downstream
-from ncstudy.config import expand, parse_study
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS as CLOCK_METRICS
 from ncstudy.runlog import RunLogger
 from ncstudy.train import lr_lambda, train_loop

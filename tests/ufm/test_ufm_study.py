@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from ncstudy.context import LocalContext
 from ncstudy.config import SpecError, TrialSpec, expand, load_study, parse_study
+from ncstudy.context import LocalContext
 from ncstudy.trial import uses_train
 from ncstudy.ufm import theory
 from ncstudy.ufm.runner import ufm_loop
