@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ncstudy.config import TrialSpec
 from ncstudy.context import RayTrainContext, WorkerContext
-from ncstudy.data import DataBundle, build_data
+from ncstudy.data import build_data
+from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes
 from ncstudy.losses import build_loss

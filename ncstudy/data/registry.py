@@ -1,8 +1,8 @@
 """The dataset registry: every dataset name the study YAML accepts, with its facts (class count,
 normalisation statistics, whether its classes are ImageNet-1K's), known without loading data.
 
-Standard library only, so that validating a study or building a report costs no torch import;
-the builders (ncstudy.data.builders) read their facts from here.
+Standard library only (dataset names and class counts cost no torch import), and it imports no
+builder: the builders (ncstudy.data.builders) read their facts from here.
 """
 
 from __future__ import annotations
