@@ -74,12 +74,12 @@ class RayTrainContext(WorkerContext):
     """Inside a Ray Train worker (TorchTrainer)."""
 
     def load_state(self) -> dict[str, Any] | None:
-        import ray.train
+        import ray.train  # Ray (seconds): only inside a Ray Train worker
 
         return _load(ray.train.get_checkpoint())
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
+        import ray.train  # Ray (seconds): only inside a Ray Train worker
 
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
@@ -89,12 +89,12 @@ class TuneContext(WorkerContext):
     """Inside a Ray Tune function trial: the single-worker fast path, no Train start-up."""
 
     def load_state(self) -> dict[str, Any] | None:
-        import ray.tune
+        import ray.tune  # Ray (seconds): only inside a Tune trial
 
         return _load(ray.tune.get_checkpoint())
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.tune
+        import ray.tune  # Ray (seconds): only inside a Tune trial
 
         ckpt = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.tune.report(metrics, checkpoint=ckpt)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,20 +21,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ncstudy.context import WorkerContext
-from ncstudy.evaluate import downstream as ds
-from ncstudy.metrics.convergence import record_history
 from ncstudy.config import TrialSpec
+from ncstudy.context import RayTrainContext, WorkerContext
+from ncstudy.data import build_data
+from ncstudy.data.bundle import DataBundle
+from ncstudy.evaluate import downstream as ds
+from ncstudy.evaluate import passes
+from ncstudy.losses import build_loss
+from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
+from ncstudy.models import build_model
+from ncstudy.runlog import RunLogger, tune_view
+from ncstudy.targets import RunTarget
 
-# Metrics the convergence clock follows (spec/metrics.md, the source paper's Table 7).
-CLOCK_METRICS = (
-    "erank_intra",
-    "erank_inter",
-    "erank_weights",
-    "align_weight_mean",
-    "align_weight_inst",
-    "nc1",
-)
+# What Tune sees of a report (runlog.tune_view): scalars and the status, no NC block.
+TUNE_KEYS = ("epoch", "train/", "val/", "test/acc1", "best/", "final/", "perf/", "status", "reason")
 # Run tags: what the model selection uses, and where each pass's nc4 came from (see nc_pass).
 SELECTION_TAG = "ncstudy.model_selection"
 NO_SELECTION = (
@@ -98,19 +99,86 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = None) -> None:
-    """Train one trial on this worker. `run` holds the MLflow tracking URI and run id (rank 0
-    logs there); without it nothing is logged (tests)."""
-    from ncstudy.data import build_data
-    from ncstudy.evaluate.passes import accuracy, all_reduce_sum, shard_loader
-    from ncstudy.losses import build_loss
-    from ncstudy.models import build_model
+@dataclass
+class Worker:
+    """One worker's trial: where it runs, its network (DDP-wrapped when distributed, `core`
+    unwrapped), its training batches and its evaluation shards (train un-augmented, val, test)."""
 
+    trial: TrialSpec
+    ctx: WorkerContext
+    device: torch.device
+    data: DataBundle
+    net: nn.Module
+    core: Network
+    loader: Any  # torch DataLoader or FFCV loader: len(), set_epoch via `sampler`
+    sampler: Any
+    loaders: dict[str, DataLoader]
+
+    @property
+    def amp(self) -> bool:
+        """Mixed precision: asked for and on a GPU."""
+        return self.trial.train.amp and self.device.type == "cuda"
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.data.val) > 0  # type: ignore[arg-type]
+
+
+@dataclass
+class Optimisation:
+    """SGD, its lr schedule (per optimiser step) and the AMP gradient scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries: the clock's histories, the best val accuracy, the next epoch,
+    and the last epoch's metrics once it has trained (`pending`: restored from the checkpoint
+    saved before the downstream evaluations)."""
+
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    best_val: float = -1.0
+    start_epoch: int = 1
+    final: dict[str, Any] | None = None
+    pending: bool = False
+
+
+def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = None) -> None:
+    """Train one trial on this worker. `run` is the trial's MLflow run (rank 0 logs there);
+    without it nothing is logged (tests)."""
+    w = build_worker(trial, ctx)
+    opt = build_optimisation(w)
+    state = ctx.load_state()
+    progress = restore(w, opt, state)
+    log = RunLogger(run, ctx.is_main)
+    log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
+    if state is None and trial.evaluation.nc_metrics:
+        start_clock(w, progress, log)
+    for epoch in range(progress.start_epoch, trial.train.epochs + 1):
+        metrics = train_epoch(w, opt, epoch)
+        if not math.isfinite(metrics["train/loss"]):
+            # Deterministic failure: report it (all ranks, same count) and stop, no retry.
+            reason = f"training loss is {metrics['train/loss']} at epoch {epoch}"
+            metrics.update(status="failed", reason=reason)
+            log.log(metrics, epoch)
+            ctx.report(tune_view(metrics, TUNE_KEYS))
+            return
+        end_of_epoch(w, opt, progress, log, metrics)
+    if progress.final is not None:  # None: a restart after the trial had finished
+        finish(w, opt, progress, log)
+
+
+def build_worker(trial: TrialSpec, ctx: WorkerContext) -> Worker:
+    """Threads and device, then (seeded: identical initial weights on every rank) the data,
+    the encoder and the loss as one network, and the loaders."""
     threads = max(1, int(trial.resources.cpus_per_worker))
     torch.set_num_threads(int(os.environ.get("NCSTUDY_THREADS", threads)))
     use_gpu = trial.resources.gpus_per_worker > 0 and torch.cuda.is_available()
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if use_gpu else "cpu")
-    seed_everything(trial.seed)  # identical initial weights on every rank
+    seed_everything(trial.seed)
 
     data = build_data(trial.dataset, trial.seed)
     encoder = build_model(trial.model, data.input_shape)
@@ -127,14 +195,23 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             net, device_ids=[device.index] if use_gpu else None
         )
     core: Network = net.module if ctx.world_size > 1 else net  # type: ignore[assignment]
+    loader, sampler = train_batches(trial, ctx, data, criterion.num_views, use_gpu)
+    loaders = eval_loaders(trial, ctx, data)
+    return Worker(trial, ctx, device, data, net, core, loader, sampler, loaders)
 
+
+def train_batches(
+    trial: TrialSpec, ctx: WorkerContext, data: DataBundle, views: int, pin_memory: bool
+) -> tuple[Any, Any]:
+    """(this rank's training batches, what `set_epoch` reshuffles): the dataset's FFCV loader
+    (same order as a DistributedSampler) or a torch DataLoader; `views` augmented views per
+    sample for SCL."""
     if trial.batch_size % ctx.world_size:
         raise ValueError(
             f"batch_size {trial.batch_size} is not divisible by {ctx.world_size} workers"
         )
     per_rank = trial.batch_size // ctx.world_size
-    views = criterion.num_views
-    if data.train_loader is not None:  # loader: ffcv (same order as DistributedSampler)
+    if data.train_loader is not None:
         loader = sampler = data.train_loader(ctx.rank, ctx.world_size, per_rank, trial.seed, views)
     else:
         # SCL views use the contrastive augmentation (colour jitter, grayscale) when the
@@ -150,166 +227,190 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             batch_size=per_rank,
             sampler=sampler,
             drop_last=True,
-            pin_memory=use_gpu,
+            pin_memory=pin_memory,
             num_workers=trial.dataset.num_workers,
             persistent_workers=trial.dataset.num_workers > 0,
         )
     if len(loader) == 0:
         raise ValueError(
             f"batch_size {trial.batch_size} is larger than the training set "
-            f"({len(data.train)} samples); lower grid.batch_size"
+            f"({len(data.train)} samples); lower grid.batch_size"  # type: ignore[arg-type]
         )
-    ev = trial.evaluation
-    workers = trial.dataset.num_workers
-    shard = (ctx.rank, ctx.world_size, ev.eval_batch_size, workers)
-    loaders = {
-        "train": shard_loader(data.train_eval, *shard),
-        "val": shard_loader(data.val, *shard, persistent_workers=True),  # read every epoch
-        "test": shard_loader(data.test, *shard),
-    }
-    has_val = len(data.val) > 0  # type: ignore[arg-type]
+    return loader, sampler
 
-    t = trial.train
+
+def eval_loaders(trial: TrialSpec, ctx: WorkerContext, data: DataBundle) -> dict[str, DataLoader]:
+    """This rank's shards of the evaluation splits: train (un-augmented), val and test."""
+    shard = (ctx.rank, ctx.world_size, trial.evaluation.eval_batch_size, trial.dataset.num_workers)
+    return {
+        "train": passes.shard_loader(data.train_eval, *shard),
+        "val": passes.shard_loader(data.val, *shard, persistent_workers=True),  # every epoch
+        "test": passes.shard_loader(data.test, *shard),
+    }
+
+
+def build_optimisation(w: Worker) -> Optimisation:
+    """SGD on the whole network (encoder and loss head), the per-step warmup + cosine schedule."""
+    t = w.trial.train
     optimizer = torch.optim.SGD(
-        net.parameters(),
-        lr=trial.lr,
+        w.net.parameters(),
+        lr=w.trial.lr,
         momentum=t.momentum,
         nesterov=t.nesterov,
         weight_decay=t.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(trial, len(loader)))
-    scaler = torch.amp.GradScaler("cuda", enabled=t.amp and use_gpu)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(w.trial, len(w.loader)))
+    return Optimisation(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=w.amp))
 
-    def snapshot(epoch: int, **extra: Any) -> dict[str, Any]:
-        """The self-describing checkpoint of the trial after `epoch`."""
-        return {
-            "model": core.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "best_val": best_val,
-            "trial": trial.model_dump(mode="json"),
-            **extra,
-        }
 
-    state = ctx.load_state()
-    history: dict[str, list[tuple[int, float]]] = {}
-    best_val, start_epoch = -1.0, 1
-    final: dict[str, Any] | None = None  # the last epoch's metrics, once it has trained
-    pending = False  # resumed from the checkpoint saved before the downstream evaluations
-    if state is not None:
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, best_val, start_epoch = state["history"], state["best_val"], state["epoch"] + 1
-        final = state.get("final_metrics")
-        pending = final is not None
+def restore(w: Worker, opt: Optimisation, state: dict[str, Any] | None) -> Progress:
+    """The progress of a fresh start, or of the checkpoint `state` (loaded into the network and
+    the optimisation)."""
+    if state is None:
+        return Progress()
+    w.core.load_state_dict(state["model"])
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    opt.scaler.load_state_dict(state["scaler"])
+    final = state.get("final_metrics")
+    return Progress(
+        history=state["history"],
+        best_val=state["best_val"],
+        start_epoch=state["epoch"] + 1,
+        final=final,
+        pending=final is not None,
+    )
 
-    mlf = None
-    if run is not None and ctx.is_main:
-        from ncstudy import tracking
 
-        mlf = tracking.client(run["tracking_uri"])
-    _tag(mlf, run, {SELECTION_TAG: "best/val_acc1" if has_val else NO_SELECTION})
+def snapshot(w: Worker, opt: Optimisation, progress: Progress, epoch: int, **extra: Any) -> dict:
+    """The self-describing checkpoint of the trial after `epoch`."""
+    return {
+        "model": w.core.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "scaler": opt.scaler.state_dict(),
+        "epoch": epoch,
+        "history": progress.history,
+        "best_val": progress.best_val,
+        "trial": w.trial.model_dump(mode="json"),
+        **extra,
+    }
 
-    if state is None and ev.nc_metrics:
-        # Step 0 of the convergence clock: closeness to a target of 0 is measured against the
-        # value at initialisation, so the metrics pass runs once before the first step.
-        init, nc_tags = _nc_evaluation(core, trial, data.num_classes, loaders, device)
-        record_history(history, init, 0, CLOCK_METRICS)
-        _tag(mlf, run, nc_tags)
-        _log(mlf, run, init, 0)
 
-    # Prototype classifiers (SCL fp) only exist after a pass over the training set: no running
-    # training accuracy for them; their accuracy comes from the evaluations.
-    track_train_acc = not criterion.needs_class_means
-    for epoch in range(start_epoch, t.epochs + 1):
-        seed_everything(hash((trial.seed, epoch, ctx.rank)) % 2**31)
-        sampler.set_epoch(epoch)
-        net.train()
-        started = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss*n, n, correct, skipped anchors
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if criterion.num_views > 1:  # (B, V, ...) -> view-major (V*B, ...)
-                x = x.transpose(0, 1).flatten(0, 1)
-                y = y.repeat(criterion.num_views)
-            with torch.autocast(device_type=device.type, enabled=t.amp and use_gpu):
-                out, h = net(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            correct = 0.0
-            if track_train_acc:
-                with torch.no_grad():
-                    correct = float((core.criterion.scores(h.detach()).argmax(1) == y).sum())
-            batch_stats = [float(out.loss.detach()) * len(y), len(y), correct, out.skipped_anchors]
-            sums += torch.tensor(batch_stats, dtype=torch.float64)
-        loss_sum, n, correct, skipped = all_reduce_sum(sums.tolist(), device)
-        epoch_seconds = time.perf_counter() - started
-        train_loss = loss_sum / n
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train/loss": train_loss,
-            **({"train/acc1": correct / n} if track_train_acc else {}),
-            "loss/skipped_anchors": skipped,
-            "train/lr": scheduler.get_last_lr()[0],
-            "perf/epoch_seconds": epoch_seconds,
-            "perf/samples_per_second": n / epoch_seconds,
-        }
-        if not math.isfinite(train_loss):
-            # Deterministic failure: report it (all ranks, same count) and stop, no retry.
-            metrics.update(
-                status="failed", reason=f"training loss is {train_loss} at epoch {epoch}"
-            )
-            _log(mlf, run, metrics, epoch)
-            ctx.report(_tune_view(metrics))
-            return
-        evaluated = epoch % ev.every == 0 or epoch == t.epochs
-        if evaluated:
-            found, nc_tags = _evaluate(
-                core, trial, data.num_classes, loaders, device, epoch, has_val
-            )
-            metrics.update(found)
-            _tag(mlf, run, nc_tags)
-            record_history(history, metrics, epoch, CLOCK_METRICS)
-        elif has_val and not criterion.needs_class_means:
-            # validation accuracy every epoch (cheap: forward only on the small split) so that
-            # schedulers and pruners see it; prototype classifiers only exist after an evaluation
-            metrics["val/acc1"] = accuracy(core.encoder, criterion, loaders["val"], device)
-        if "val/acc1" in metrics:
-            best_val = max(best_val, metrics["val/acc1"])
-            metrics["best/val_acc1"] = best_val
-        if epoch == t.epochs:
-            final = metrics
-            break
-        due = evaluated if ev.checkpoint_every is None else epoch % ev.checkpoint_every == 0
-        _log(mlf, run, metrics, epoch)
-        ctx.report(_tune_view(metrics), state=snapshot(epoch) if due else None)
+def start_clock(w: Worker, progress: Progress, log: RunLogger) -> None:
+    """Step 0 of the convergence clock: closeness to a target of 0 is measured against the value
+    at initialisation, so the metrics pass runs once before the first step."""
+    init, nc_tags = _nc_evaluation(w.core, w.trial, w.data.num_classes, w.loaders, w.device)
+    record_history(progress.history, init, 0, NETWORK_CLOCK_METRICS)
+    log.tag(nc_tags)
+    log.log(init, 0)
 
-    if final is None:  # a restart after the trial had already finished: nothing left to do
+
+def train_epoch(w: Worker, opt: Optimisation, epoch: int) -> dict[str, Any]:
+    """One epoch of SGD on this rank; its statistics all-reduced over the ranks. Prototype
+    classifiers (SCL fp) only exist after a pass over the training set: no running training
+    accuracy for them (their accuracy comes from the evaluations)."""
+    seed_everything(hash((w.trial.seed, epoch, w.ctx.rank)) % 2**31)
+    w.sampler.set_epoch(epoch)
+    w.net.train()
+    started = time.perf_counter()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, n, correct, skipped anchors
+    for x, y in w.loader:
+        sums += train_step(w, opt, x, y)
+    loss_sum, n, correct, skipped = passes.all_reduce_sum(sums.tolist(), w.device)
+    seconds = time.perf_counter() - started
+    track_acc = not w.core.criterion.needs_class_means
+    return {
+        "epoch": epoch,
+        "train/loss": loss_sum / n,
+        **({"train/acc1": correct / n} if track_acc else {}),
+        "loss/skipped_anchors": skipped,
+        "train/lr": opt.scheduler.get_last_lr()[0],
+        "perf/epoch_seconds": seconds,
+        "perf/samples_per_second": n / seconds,
+    }
+
+
+def train_step(w: Worker, opt: Optimisation, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch; returns its (loss*n, n, correct, skipped anchors)."""
+    crit = w.core.criterion
+    x, y = x.to(w.device, non_blocking=True), y.to(w.device, non_blocking=True)
+    if crit.num_views > 1:  # (B, V, ...) -> view-major (V*B, ...)
+        x = x.transpose(0, 1).flatten(0, 1)
+        y = y.repeat(crit.num_views)
+    with torch.autocast(device_type=w.device.type, enabled=w.amp):
+        out, h = w.net(x, y)
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(out.loss).backward()
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    opt.scheduler.step()
+    correct = 0.0
+    if not crit.needs_class_means:
+        with torch.no_grad():
+            correct = float((crit.scores(h.detach()).argmax(1) == y).sum())
+    stats = [float(out.loss.detach()) * len(y), len(y), correct, out.skipped_anchors]
+    return torch.tensor(stats, dtype=torch.float64)
+
+
+def end_of_epoch(
+    w: Worker, opt: Optimisation, progress: Progress, log: RunLogger, metrics: dict[str, Any]
+) -> None:
+    """Evaluate (every `evaluation.every` epochs and at the last), track the best val accuracy,
+    then log and report with a checkpoint when one is due; the last epoch's metrics are kept
+    for `finish` instead."""
+    trial, epoch = w.trial, metrics["epoch"]
+    ev = trial.evaluation
+    evaluated = epoch % ev.every == 0 or epoch == trial.train.epochs
+    if evaluated:
+        found, nc_tags = _evaluate(
+            w.core, trial, w.data.num_classes, w.loaders, w.device, epoch, w.has_val
+        )
+        metrics.update(found)
+        log.tag(nc_tags)
+        record_history(progress.history, metrics, epoch, NETWORK_CLOCK_METRICS)
+    elif w.has_val and not w.core.criterion.needs_class_means:
+        # validation accuracy every epoch (cheap: forward only on the small split) so that
+        # schedulers and pruners see it; prototype classifiers only exist after an evaluation
+        metrics["val/acc1"] = passes.accuracy(
+            w.core.encoder, w.core.criterion, w.loaders["val"], w.device
+        )
+    if "val/acc1" in metrics:
+        progress.best_val = max(progress.best_val, metrics["val/acc1"])
+        metrics["best/val_acc1"] = progress.best_val
+    if epoch == trial.train.epochs:
+        progress.final = metrics
         return
-    counts, downstream = ds.downstream_plan(trial, data.num_classes, loaders, device)
-    if downstream and not pending:
-        # Checkpoint before the downstream evaluations: a retry after a failure there redoes
-        # only them, not the training since the last checkpoint. (The last epoch's metrics
-        # travel in the checkpoint and reach MLflow once, with the downstream results.)
-        ctx.report(_pending_view(final), state=snapshot(t.epochs, final_metrics=final))
+    due = evaluated if ev.checkpoint_every is None else epoch % ev.checkpoint_every == 0
+    log.log(metrics, epoch)
+    state = snapshot(w, opt, progress, epoch) if due else None
+    w.ctx.report(tune_view(metrics, TUNE_KEYS), state=state)
+
+
+def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> None:
+    """After the last epoch: the downstream evaluations (checkpointed before them, so that a
+    retry after a failure there redoes only them; the last epoch's metrics travel in that
+    checkpoint and reach MLflow once, with the downstream results), the final and best values,
+    the convergence clock, and the final report."""
+    trial, final, epochs = w.trial, progress.final, w.trial.train.epochs
+    assert final is not None  # train_loop calls this once the last epoch has trained
+    counts, downstream = ds.downstream_plan(trial, w.data.num_classes, w.loaders, w.device)
+    if downstream and not progress.pending:
+        state = snapshot(w, opt, progress, epochs, final_metrics=final)
+        w.ctx.report(_pending_view(final), state=state)
     if downstream:
+        encoder, criterion = w.core.encoder, w.core.criterion
         final.update(
             ds.evaluate_downstream(
-                core.encoder, core.criterion, trial, data.num_classes, loaders, device, counts
+                encoder, criterion, trial, w.data.num_classes, w.loaders, w.device, counts
             )
         )
-    final.update(_summary(final, history, data.num_classes, ev.convergence.ewma_alpha))
+    alpha = trial.evaluation.convergence.ewma_alpha
+    final.update(_summary(final, progress.history, w.data.num_classes, alpha))
     final["status"] = "finished"
-    _log(mlf, run, final, t.epochs)
-    ctx.report(_tune_view(final), state=None if downstream else snapshot(t.epochs))
+    log.log(final, epochs)
+    state = None if downstream else snapshot(w, opt, progress, epochs)
+    w.ctx.report(tune_view(final, TUNE_KEYS), state=state)
 
 
 def _nc_evaluation(
@@ -321,10 +422,8 @@ def _nc_evaluation(
 ) -> tuple[dict[str, float], dict[str, str]]:
     """The NC metrics (`nc/`, `test/nc/`) and their nc4 sources (tags). The training-set pass
     also sets SCL prototypes; the test-set pass never touches the classifier."""
-    from ncstudy.evaluate.passes import nc_pass
-
     ev, enc, crit = trial.evaluation, core.encoder, core.criterion
-    train = nc_pass(
+    train = passes.nc_pass(
         enc,
         crit,
         loaders["train"],
@@ -339,7 +438,7 @@ def _nc_evaluation(
         return out, {}
     tags = {NC4_SOURCE_TAG: train.nc4_source}
     if ev.nc_on_test:
-        test = nc_pass(enc, crit, loaders["test"], num_classes, device, ev.max_intra_classes)
+        test = passes.nc_pass(enc, crit, loaders["test"], num_classes, device, ev.max_intra_classes)
         out.update({f"test/nc/{k}": v for k, v in test.metrics.items()})
         tags[TEST_NC4_SOURCE_TAG] = test.nc4_source
     return out, tags
@@ -357,16 +456,14 @@ def _evaluate(
     """An evaluation: NC metrics, val (if there is a validation split) and test accuracy and,
     at the last epoch of an SCL trial, the lp/nlp probes. Returns the metrics and the run tags
     they come with."""
-    from ncstudy.evaluate.passes import accuracy, probe_accuracies
-
     ev, enc, crit = trial.evaluation, core.encoder, core.criterion
     out: dict[str, float] = {}
     tags: dict[str, str] = {}
     if ev.nc_metrics or crit.needs_class_means:  # the training pass also sets SCL prototypes
         out, tags = _nc_evaluation(core, trial, num_classes, loaders, device)
     if has_val:
-        out["val/acc1"] = accuracy(enc, crit, loaders["val"], device)
-    out["test/acc1"] = accuracy(enc, crit, loaders["test"], device)
+        out["val/acc1"] = passes.accuracy(enc, crit, loaders["val"], device)
+    out["test/acc1"] = passes.accuracy(enc, crit, loaders["test"], device)
     if crit.needs_class_means and epoch == trial.train.epochs and ev.probes.enabled:
         # SCL: fixed prototypes (fp) are the loss's own rule; lp and nlp are trained probes
         if has_val:
@@ -374,7 +471,7 @@ def _evaluate(
         out["test/fp_acc1"] = out["test/acc1"]
         splits = ("val", "test") if has_val else ("test",)
         out.update(
-            probe_accuracies(
+            passes.probe_accuracies(
                 enc,
                 loaders,
                 num_classes,
@@ -395,8 +492,6 @@ def _summary(
     alpha: float,
 ) -> dict[str, float]:
     """Final and best values, and the convergence clock of each tracked NC metric."""
-    from ncstudy.metrics import clock_summary
-
     out = {
         f"final/{k.replace('/', '_')}": v
         for k, v in metrics.items()
@@ -406,38 +501,17 @@ def _summary(
     return out
 
 
-def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:
-    """What Tune sees: the scalar metrics (its result logs stay small) plus the status."""
-    keep = ("epoch", "train/", "val/", "test/acc1", "best/", "final/", "perf/", "status", "reason")
-    return {k: v for k, v in metrics.items() if k.startswith(keep)}
-
-
 def _pending_view(metrics: dict[str, Any]) -> dict[str, Any]:
     """What Tune sees of the report that saves the checkpoint before the downstream
     evaluations: no `epoch`, so schedulers ignore it (ASHA stops a trial at its report at
     max_t, which must be the final one), and no test/acc1 (one progress line per epoch)."""
-    return {k: v for k, v in _tune_view(metrics).items() if k not in ("epoch", "test/acc1")}
-
-
-def _log(mlf: Any, run: dict[str, Any] | None, metrics: dict[str, Any], step: int) -> None:
-    """Log the metrics at `step` on rank 0's MLflow run, if any."""
-    if mlf is not None and run is not None:
-        from ncstudy import tracking
-
-        tracking.log_metrics(mlf, run["run_id"], metrics, step=step)
-
-
-def _tag(mlf: Any, run: dict[str, Any] | None, tags: dict[str, str]) -> None:
-    """Set tags on rank 0's MLflow run, if any."""
-    if mlf is not None and run is not None:
-        for key, value in tags.items():
-            mlf.set_tag(run["run_id"], key, value)
+    view = tune_view(metrics, TUNE_KEYS)
+    return {k: v for k, v in view.items() if k not in ("epoch", "test/acc1")}
 
 
 def ray_train_entry(config: dict[str, Any]) -> None:
-    """Entry point of a Ray Train worker (TorchTrainer's train_loop_per_worker)."""
-    from ncstudy.context import RayTrainContext
-
+    """Entry point of a Ray Train worker (TorchTrainer's train_loop_per_worker): `config` holds
+    the trial (its JSON dump) and its RunTarget."""
     train_loop(TrialSpec.model_validate(config["trial"]), RayTrainContext(), config["run"])
     if dist.is_initialized():
         dist.barrier()

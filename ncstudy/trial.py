@@ -9,7 +9,6 @@ Train controller and worker-group start-up (see benchmarks/README.md for the cos
 from __future__ import annotations
 
 import traceback
-from dataclasses import asdict
 from typing import Any
 
 from ncstudy import tracking
@@ -54,12 +53,6 @@ def trial_of(config: dict[str, Any]) -> TrialSpec:
     return TrialSpec.model_validate(config["trial"])
 
 
-def _worker_run(run: RunTarget) -> dict[str, Any]:
-    """TEMPORARY, until the worker side accepts RunTarget (issue #13, worker side): the loops
-    on this branch still take the run as a dict. Removed at merge."""
-    return asdict(run)
-
-
 def _train_here(trial: TrialSpec, run: RunTarget) -> dict[str, Any]:
     # torch, the data and model registries: only in the process that trains
     from ncstudy.context import TuneContext
@@ -68,7 +61,7 @@ def _train_here(trial: TrialSpec, run: RunTarget) -> dict[str, Any]:
 
     ctx = TuneContext()
     loop = ufm_loop if trial.ufm is not None else train_loop
-    loop(trial, ctx, _worker_run(run))  # until the worker side accepts RunTarget: (.., run)
+    loop(trial, ctx, run)
     return ctx.reports[-1] if ctx.reports else {}
 
 
@@ -89,8 +82,7 @@ def _train_with_ray_train(trial: TrialSpec, run: RunTarget, train_storage: str) 
     # its last checkpoint instead of starting over.
     trainer = TorchTrainer(
         ray_train_entry,
-        # until the worker side accepts RunTarget: "run": run
-        train_loop_config={"trial": trial.model_dump(mode="json"), "run": _worker_run(run)},
+        train_loop_config={"trial": trial.model_dump(mode="json"), "run": run},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=r.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker

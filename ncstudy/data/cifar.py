@@ -7,20 +7,21 @@ Online users set `download: true`; offline, put the extracted `cifar-10-batches-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torchvision import datasets
 
-from ncstudy.data import transforms as tf
+from ncstudy.data.bundle import DataBundle
 from ncstudy.data.images import ImageSource, make_bundle
-from ncstudy.data.registry import DataBundle, register_dataset
+from ncstudy.data.registry import dataset_facts
 
 ARCHIVES = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
     "cifar100": ("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
 }
-STATS = {"cifar10": tf.CIFAR10_STATS, "cifar100": tf.CIFAR100_STATS}
 
 
 def cifar_root(spec: Any) -> Path:
@@ -30,8 +31,6 @@ def cifar_root(spec: Any) -> Path:
 
 def load_cifar(which: str, root: Path, download: bool) -> tuple[ImageSource, ImageSource]:
     """The official train and test sets of `which` ("cifar10" | "cifar100") as uint8 arrays."""
-    from torchvision import datasets
-
     cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
     folder, url = ARCHIVES[which]
     if not download and not (root / folder).is_dir():
@@ -54,21 +53,26 @@ def load_cifar(which: str, root: Path, download: bool) -> tuple[ImageSource, Ima
     )
 
 
-def _register(name: str, which: str, classes: int) -> None:
+def _builder(name: str, which: str) -> Callable[[Any, int], DataBundle]:
     def build(spec: Any, seed: int) -> DataBundle:
         train, test = load_cifar(which, cifar_root(spec), spec.download)
         size = spec.image_size or 32
         resize = None if size == 32 else size  # other sizes: resize the 32 px images for eval
-        return make_bundle(spec, train, test, STATS[which], size, resize, which)
+        stats = dataset_facts(name).stats
+        assert stats is not None  # the registry gives every CIFAR its statistics
+        return make_bundle(spec, train, test, stats, size, resize, which)
 
     build.__doc__ = f"{name}: torchvision's {which}, val held out of train, official test."
-    register_dataset(name, num_classes=classes)(build)
+    return build
 
 
-for _name, _which, _k in [
-    ("cifar10", "cifar10", 10),
-    ("cifar100", "cifar100", 100),
-    ("cifar10_lt", "cifar10", 10),
-    ("cifar100_lt", "cifar100", 100),
-]:
-    _register(_name, _which, _k)
+# name -> builder (the names and facts: ncstudy.data.registry)
+BUILDERS = {
+    name: _builder(name, which)
+    for name, which in [
+        ("cifar10", "cifar10"),
+        ("cifar100", "cifar100"),
+        ("cifar10_lt", "cifar10"),
+        ("cifar100_lt", "cifar100"),
+    ]
+}

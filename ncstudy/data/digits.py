@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ncstudy.data.registry import DataBundle, register_dataset
+from ncstudy.data.bundle import DataBundle
 
 
 class TensorImages(Dataset):
@@ -59,10 +59,9 @@ def stratified_split(
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
 
 
-@register_dataset("digits", num_classes=10)
 def build_digits(spec: Any, seed: int) -> DataBundle:
     """The scikit-learn digits as a DataBundle (the trial seed does not change the split)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn (about 1 s): this dataset only
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -90,3 +89,7 @@ def build_digits(spec: Any, seed: int) -> DataBundle:
         input_shape=(1, size, size),
         class_counts=tuple(int(n) for n in np.bincount(labels[train_idx], minlength=10)),
     )
+
+
+# name -> builder (the names and facts: ncstudy.data.registry)
+BUILDERS = {"digits": build_digits}

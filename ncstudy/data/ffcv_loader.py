@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ncstudy.data import transforms as tf
+from ncstudy.data.colour_batch import BatchColourAugment
 
 BETON_NAMES = {  # dataset name -> the file stem its DataBundle reads (and data_prep writes)
     "cifar10": "cifar10",
@@ -59,7 +60,7 @@ def require_ffcv(import_it: bool = True) -> None:
         raise ValueError(f"loader: ffcv is not installed; {INSTALL_HINT}")
     if import_it:
         try:
-            import ffcv  # noqa: F401
+            import ffcv  # noqa: F401  (optional extra, seconds to import: only when asked)
         except ImportError as err:
             raise ValueError(f"loader: ffcv does not import ({err}); {INSTALL_HINT}") from None
 
@@ -99,6 +100,7 @@ class FFCVTrainLoader:
         num_workers: int = 0,
     ):
         require_ffcv()
+        # ffcv: an optional extra, and its import (numba) takes seconds
         from ffcv.fields.basics import IntDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import Squeeze, ToTensor
@@ -111,8 +113,6 @@ class FFCVTrainLoader:
         self.stats, self.views, self.batch_size = stats, views, batch_size
         self.colour = None
         if augment and views > 1:  # colour_ops(size), batched: each view its own draws
-            from ncstudy.data.colour_batch import BatchColourAugment
-
             self.colour = BatchColourAugment(blur_kernel=tf.scl_blur_kernel(size))
         pipelines = _image_pipelines(size, augment, views)
         self.view_names = list(pipelines)
@@ -163,6 +163,7 @@ class FFCVTrainLoader:
 def _image_pipelines(size: int, augment: bool, views: int) -> dict[str, Any]:
     """FFCV pipelines of the image field: one per view, each decoding the whole stored image
     into its own random resized crop and flip; or one plain centre crop (`augment` off)."""
+    # ffcv: an optional extra, and its import (numba) takes seconds
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.pipeline import PipelineSpec
     from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage

@@ -11,14 +11,16 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ncstudy.data import transforms as tf
+from ncstudy.data.bundle import DataBundle
 from ncstudy.data.images import ImageSource, make_bundle
-from ncstudy.data.registry import DataBundle, register_dataset
+from ncstudy.data.registry import dataset_facts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 TEST_SPLITS = ("val", "test")  # ImageNet calls its held-out split val, the CIFAR copy test
@@ -147,45 +149,57 @@ def folder_bundle(
     return make_bundle(spec, train, test, stats, size, resize, beton_name)
 
 
-def _folder_classes(spec: Any) -> int:
-    if spec.root is None:
-        raise ValueError("dataset.root: the imagefolder dataset needs root (train/<class>/*)")
-    train = Path(spec.root).expanduser() / "train"
-    if not train.is_dir():
-        raise ValueError(f"dataset.root: {train} does not exist (ImageFolder layout)")
-    return sum(1 for d in train.iterdir() if d.is_dir())
+def _stats(name: str) -> tf.Stats:
+    stats = dataset_facts(name).stats
+    assert stats is not None  # the registry gives every image dataset its statistics
+    return stats
 
 
-@register_dataset("imagefolder", num_classes=_folder_classes)
+def _classes(name: str) -> int:
+    classes = dataset_facts(name).num_classes
+    assert isinstance(classes, int)  # the named trees have a fixed class count
+    return classes
+
+
 def build_imagefolder(spec: Any, seed: int) -> DataBundle:
     """Any ImageFolder tree; ImageNet statistics, 224 px unless `image_size` says otherwise."""
-    return folder_bundle(spec, Path(spec.root).expanduser(), tf.IMAGENET_STATS, 224, "imagefolder")
+    root = Path(spec.root).expanduser()
+    return folder_bundle(spec, root, _stats("imagefolder"), 224, "imagefolder")
 
 
-def _register_imagenet(name: str, classes: int) -> None:
+def _imagenet_builder(name: str) -> Callable[[Any, int], DataBundle]:
+    classes = _classes(name)
+
     def build(spec: Any, seed: int) -> DataBundle:
         if spec.root is None:
             raise ValueError(f"dataset.root: {name} needs root (train/<wnid>/*, val/<wnid>/*)")
         root = Path(spec.root).expanduser()
-        return folder_bundle(spec, root, tf.IMAGENET_STATS, 224, name, classes)
+        return folder_bundle(spec, root, _stats(name), 224, name, classes)
 
     build.__doc__ = f"{name}: an ImageFolder tree with {classes} classes."
-    register_dataset(name, num_classes=classes)(build)
+    return build
 
 
 # The ImageNet-type datasets: name -> class count (each an ImageFolder tree).
-IMAGENET_CLASSES = {"imagenet": 1000, "imagenet100": 100}
-for _name, _classes in IMAGENET_CLASSES.items():
-    _register_imagenet(_name, _classes)
+IMAGENET_CLASSES = {name: _classes(name) for name in ("imagenet", "imagenet100")}
 
 
-@register_dataset("cifar10_jpeg", num_classes=10)
 def build_cifar10_jpeg(spec: Any, seed: int) -> DataBundle:
     """The offline CIFAR-10 JPEG copy (../shared/data): official train/test, CIFAR statistics."""
-    return folder_bundle(spec, cifar10_jpeg_root(spec), tf.CIFAR10_STATS, 32, "cifar10_jpeg", 10)
+    root, classes = cifar10_jpeg_root(spec), _classes("cifar10_jpeg")
+    return folder_bundle(spec, root, _stats("cifar10_jpeg"), 32, "cifar10_jpeg", classes)
 
 
-@register_dataset("cifar10_jpeg_lt", num_classes=10)
 def build_cifar10_jpeg_lt(spec: Any, seed: int) -> DataBundle:
     """The offline CIFAR-10 copy with the long-tailed profile (`imbalance_ratio`)."""
-    return folder_bundle(spec, cifar10_jpeg_root(spec), tf.CIFAR10_STATS, 32, "cifar10_jpeg")
+    root = cifar10_jpeg_root(spec)
+    return folder_bundle(spec, root, _stats("cifar10_jpeg_lt"), 32, "cifar10_jpeg")
+
+
+# name -> builder (the names and facts: ncstudy.data.registry)
+BUILDERS = {
+    "imagefolder": build_imagefolder,
+    **{name: _imagenet_builder(name) for name in IMAGENET_CLASSES},
+    "cifar10_jpeg": build_cifar10_jpeg,
+    "cifar10_jpeg_lt": build_cifar10_jpeg_lt,
+}

@@ -13,9 +13,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ncstudy.data import transforms as tf
+from ncstudy.data.bundle import DataBundle
 from ncstudy.data.digits import stratified_split
+from ncstudy.data.ffcv_loader import FFCVTrainLoaderFactory, beton_path
 from ncstudy.data.longtail import longtail_subset, per_class_subset
-from ncstudy.data.registry import DataBundle
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,6 @@ def make_bundle(
     augment = spec.augment
     train_loader = None
     if spec.loader == "ffcv":
-        from ncstudy.data.ffcv_loader import FFCVTrainLoaderFactory, beton_path
-
         beton = beton_path(spec.beton_dir, beton_name)
         train_loader = FFCVTrainLoaderFactory(
             beton, tr, size, stats, augment, num_workers=spec.num_workers

@@ -1,72 +1,75 @@
-"""The dataset registry: names in the study YAML map to builder functions."""
+"""The dataset registry: every dataset name the study YAML accepts, with its facts (class count,
+normalisation statistics, whether its classes are ImageNet-1K's), known without loading data.
+
+Standard library only (dataset names and class counts cost no torch import), and it imports no
+builder: the builders (ncstudy.data.builders) read their facts from here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+# Per-channel (mean, std) that a dataset's RGB images are normalised with.
+CIFAR10_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
-class DataBundle:
-    """Deterministic splits of one dataset. `train` yields augmented samples when the study asks
-    for augmentation; `train_eval` is the same training set un-augmented (metrics, prototypes)."""
+class DatasetFacts:
+    """What the package knows of a dataset before loading it."""
 
-    train: Dataset
-    train_eval: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    input_shape: tuple[int, ...]
-    class_counts: tuple[int, ...]
-    # The SCL view augmentation of `train` (colour jitter, grayscale, ...); None: use `train`.
-    train_contrastive: Dataset | None = None
-    # `fn(rank, world_size, per_rank_batch, seed, views)` -> a loader with `set_epoch(epoch)`
-    # and `len()`, yielding (x, y) batches (x of shape (B, V, C, H, W) when views > 1); set when
-    # the study picks `loader: ffcv`; None: the trainer builds a torch DataLoader over `train`.
-    train_loader: Callable[[int, int, int, int, int], Iterable] | None = None
+    # The class count, or a function of the DatasetSpec (imagefolder: its class folders).
+    num_classes: int | Callable[[Any], int]
+    # The (mean, std) its RGB images are normalised with, also the statistics of the
+    # downstream evaluations' inputs; None: not RGB images (digits: standardised 1-channel).
+    stats: Stats | None
+    # Its classes are ImageNet-1K's: corruption mCE can be normalised by AlexNet's errors.
+    imagenet_1k: bool = False
 
 
-_BUILDERS: dict[str, Callable[..., DataBundle]] = {}
-_NUM_CLASSES: dict[str, Callable[[Any], int]] = {}
+def _folder_classes(spec: Any) -> int:
+    """The class count of an ImageFolder tree: the folders under `root/train`."""
+    if spec.root is None:
+        raise ValueError("dataset.root: the imagefolder dataset needs root (train/<class>/*)")
+    train = Path(spec.root).expanduser() / "train"
+    if not train.is_dir():
+        raise ValueError(f"dataset.root: {train} does not exist (ImageFolder layout)")
+    return sum(1 for d in train.iterdir() if d.is_dir())
 
 
-def register_dataset(
-    name: str, num_classes: int | Callable[[Any], int]
-) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
-    """Decorator: register a builder `fn(spec, seed) -> DataBundle` under `name`, with its class
-    count (a number, or a function of the DatasetSpec) known without loading any data."""
-
-    def wrap(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
-        _BUILDERS[name] = fn
-        _NUM_CLASSES[name] = num_classes if callable(num_classes) else (lambda _s: num_classes)
-        return fn
-
-    return wrap
-
-
-def dataset_num_classes(spec: Any) -> int:
-    """The number of classes of the dataset a DatasetSpec names, without loading it."""
-    _load_builtin()
-    return _NUM_CLASSES[spec.name](spec)
+DATASETS: dict[str, DatasetFacts] = {
+    "digits": DatasetFacts(10, None),
+    "cifar10": DatasetFacts(10, CIFAR10_STATS),
+    "cifar100": DatasetFacts(100, CIFAR100_STATS),
+    "cifar10_lt": DatasetFacts(10, CIFAR10_STATS),
+    "cifar100_lt": DatasetFacts(100, CIFAR100_STATS),
+    "imagefolder": DatasetFacts(_folder_classes, IMAGENET_STATS),
+    "imagenet": DatasetFacts(1000, IMAGENET_STATS, imagenet_1k=True),
+    "imagenet100": DatasetFacts(100, IMAGENET_STATS),
+    "cifar10_jpeg": DatasetFacts(10, CIFAR10_STATS),
+    "cifar10_jpeg_lt": DatasetFacts(10, CIFAR10_STATS),
+}
 
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
-    _load_builtin()
-    return sorted(_BUILDERS)
+    return sorted(DATASETS)
 
 
-def build_data(spec: Any, seed: int) -> DataBundle:
-    """Build the dataset named by `spec.name` (a DatasetSpec) with splits drawn from `seed`."""
-    _load_builtin()
-    if spec.name not in _BUILDERS:
-        raise ValueError(f"dataset.name: unknown dataset {spec.name!r}; valid: {list_datasets()}")
-    return _BUILDERS[spec.name](spec, seed)
+def dataset_facts(name: str) -> DatasetFacts:
+    """The facts of dataset `name`; a clear error naming the valid names for an unknown one."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset.name: unknown dataset {name!r}; valid: {list_datasets()}")
+    return DATASETS[name]
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers their builders; kept lazy so `import ncstudy.data` is cheap.
-    from ncstudy.data import cifar, digits, imagefolder  # noqa: F401
+def dataset_num_classes(spec: Any) -> int:
+    """The number of classes of the dataset a DatasetSpec names, without loading it."""
+    num_classes = DATASETS[spec.name].num_classes
+    return num_classes(spec) if callable(num_classes) else num_classes

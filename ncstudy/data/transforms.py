@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from torchvision import transforms as T
 
-Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
+# The statistics are the registry's (each dataset's facts); here for the transforms' callers.
+from ncstudy.data.registry import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, Stats
 
-CIFAR10_STATS: Stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-CIFAR100_STATS: Stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-IMAGENET_STATS: Stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+__all__ = ["CIFAR10_STATS", "CIFAR100_STATS", "IMAGENET_STATS", "Stats"]
 CROP_SCALE = (0.2, 1.0)
 BLUR_MIN_SIZE = 64  # blur only on ImageNet-sized inputs (the paper blurs on ImageNet only)
 

@@ -26,8 +26,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from ncstudy.evaluate.passes import accuracy, shard_loader
 from ncstudy.config import CORRUPTIONS
+from ncstudy.evaluate.passes import accuracy, shard_loader
 
 # AlexNet's corruption errors on ImageNet-C (fraction, mean over the 5 severities), in the order of
 # CORRUPTIONS. Source: Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common
@@ -68,14 +68,14 @@ class _NumpyCompat(types.ModuleType):
 
 
 def _gaussian(image: np.ndarray, sigma: float, multichannel: bool = False, **kw: Any) -> Any:
-    from skimage.filters import gaussian
+    from skimage.filters import gaussian  # scikit-image (seconds): only when corrupting
 
     return gaussian(image, sigma=sigma, channel_axis=-1 if multichannel else None, **kw)
 
 
 def _random_noise(image: np.ndarray, **kw: Any) -> Any:
     """skimage's random_noise seeded from the global numpy RNG (it draws from its own)."""
-    from skimage.util import random_noise
+    from skimage.util import random_noise  # scikit-image (seconds): only when corrupting
 
     return random_noise(image, rng=np.random.randint(2**31), **kw)
 
@@ -86,7 +86,7 @@ class _SkimageCompat(types.ModuleType):
     util = types.SimpleNamespace(random_noise=_random_noise)
 
     def __getattr__(self, name: str) -> Any:
-        import skimage
+        import skimage  # scikit-image (seconds): only when corrupting
 
         return getattr(skimage, name)
 
@@ -106,6 +106,7 @@ def _corruption_module() -> Any:
     had = sys.modules.get("pkg_resources")
     sys.modules["pkg_resources"] = shim
     try:
+        # imported here, under the pkg_resources shim (and only when corrupting: it is heavy)
         from imagecorruptions import corruptions as mod
     finally:
         if had is None:
@@ -183,7 +184,7 @@ def corruption_stages(base: Any) -> tuple[Any, Any]:
 
 def split_at_tensor(transform: Any) -> tuple[Any, Any]:
     """(PIL stage, tensor stage) of a torchvision Compose: the ops before and from ToTensor."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # torchvision (about 1 s): not for the report
 
     ops = list(getattr(transform, "transforms", []))
     cut = next((k for k, op in enumerate(ops) if isinstance(op, T.ToTensor)), None)
@@ -207,6 +208,7 @@ def imagenet_c_dataset(
 ) -> Dataset:
     """The ImageNet-C images of one corruption and severity (`<root>/<name>/<severity>/`); with
     `classes` (the training classes, in label order) the folder's classes must be the same."""
+    # torchvision (about 1 s) with them: the report imports this module for ALEXNET_ERR
     from ncstudy.data.imagefolder import scan_imagefolder
     from ncstudy.data.images import ImageDataset
 
@@ -220,7 +222,7 @@ def imagenet_c_dataset(
 def imagenet_c_transform(test_transform: Any) -> Any:
     """ImageNet-C images are stored at the input size (224 px crops): no resize, only the centre
     crop (a no-op at that size) and the tensor stage, as Hendrycks & Dietterich evaluate."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # torchvision (about 1 s): not for the report
 
     pil_stage, tensor_stage = split_at_tensor(test_transform)
     crops = [op for op in pil_stage.transforms if isinstance(op, T.CenterCrop)]

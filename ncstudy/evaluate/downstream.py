@@ -3,16 +3,21 @@ training class counts differ, linear transfer to other datasets, corruption erro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ncstudy.data.registry import dataset_facts
+from ncstudy.evaluate.corruptions import corruption_errors
+from ncstudy.evaluate.longtail import is_imbalanced, longtail_accuracies, shard_class_counts
+from ncstudy.evaluate.transfer import transfer_accuracies
+
 if TYPE_CHECKING:
-    from ncstudy.losses import NCLoss
     from ncstudy.config import TrialSpec
+    from ncstudy.losses import NCLoss
 
 
 def downstream_plan(
@@ -20,8 +25,6 @@ def downstream_plan(
 ) -> tuple[list[int] | None, bool]:
     """(training class counts when the long-tail evaluation applies, whether any downstream
     evaluation runs at the end of the trial)."""
-    from ncstudy.evaluate.longtail import is_imbalanced, shard_class_counts
-
     ev = trial.evaluation
     counts = None
     if ev.longtail.enabled:
@@ -41,53 +44,64 @@ def evaluate_downstream(
 ) -> dict[str, float]:
     """Downstream evaluations (issue #9), after the last epoch: long-tail accuracy (when the
     training class counts differ), linear transfer, corruption errors."""
-    from ncstudy.data import transforms as tf
-    from ncstudy.evaluate.corruptions import corruption_errors
-    from ncstudy.evaluate.longtail import longtail_accuracies
-    from ncstudy.evaluate.transfer import transfer_accuracies
-
-    ev, enc, crit = trial.evaluation, encoder, criterion
+    ev = trial.evaluation
     out: dict[str, float] = {}
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if counts is not None:
-        out.update(longtail_accuracies(enc, crit, device, ev.longtail, loaders["test"], counts))
-    name = trial.dataset.name
-    stats = (
-        tf.CIFAR100_STATS
-        if name.startswith("cifar100")
-        else tf.CIFAR10_STATS
-        if name.startswith("cifar10")
-        else tf.IMAGENET_STATS
-    )
+        test = loaders["test"]
+        out.update(longtail_accuracies(encoder, criterion, device, ev.longtail, test, counts))
     test_set = loaders["test"].dataset.dataset  # type: ignore[attr-defined]  # under the Subset
     if ev.transfer is not None:
-        size = ev.transfer.image_size or int(test_set[0][0].shape[-1])
-        out.update(
-            transfer_accuracies(
-                enc,
-                crit,
-                device,
-                ev.transfer,
-                image_size=size,
-                stats=stats,
-                rank=rank,
-                world_size=world,
-                batch_size=ev.eval_batch_size,
-                seed=trial.seed,
-            )
-        )
+        out.update(_transfer(encoder, criterion, trial, test_set, device))
     if ev.corruptions is not None:
-        out.update(
-            corruption_errors(
-                enc,
-                crit,
-                device,
-                ev.corruptions,
-                test_set,
-                rank,
-                world,
-                ev.eval_batch_size,
-                imagenet=name == "imagenet",
-            )
-        )
+        out.update(_corruptions(encoder, criterion, trial, test_set, device))
     return out
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _transfer(
+    encoder: nn.Module, criterion: NCLoss, trial: TrialSpec, test_set: Any, device: torch.device
+) -> dict[str, float]:
+    """Linear transfer, with the inputs normalised by the training dataset's statistics."""
+    ev, name = trial.evaluation, trial.dataset.name
+    assert ev.transfer is not None
+    stats = dataset_facts(name).stats
+    if stats is None:
+        raise ValueError(
+            f"evaluation.transfer: {name} has no RGB image statistics to normalise the transfer "
+            "datasets with; train on an image dataset (cifar10_jpeg, cifar10, ...)"
+        )
+    rank, world = _rank_world()
+    return transfer_accuracies(
+        encoder,
+        criterion,
+        device,
+        ev.transfer,
+        image_size=ev.transfer.image_size or int(test_set[0][0].shape[-1]),
+        stats=stats,
+        rank=rank,
+        world_size=world,
+        batch_size=ev.eval_batch_size,
+        seed=trial.seed,
+    )
+
+
+def _corruptions(
+    encoder: nn.Module, criterion: NCLoss, trial: TrialSpec, test_set: Any, device: torch.device
+) -> dict[str, float]:
+    """Corruption errors of the test set (mCE when its classes are ImageNet-1K's)."""
+    ev = trial.evaluation
+    rank, world = _rank_world()
+    return corruption_errors(
+        encoder,
+        criterion,
+        device,
+        ev.corruptions,
+        test_set,
+        rank,
+        world,
+        ev.eval_batch_size,
+        imagenet=dataset_facts(trial.dataset.name).imagenet_1k,
+    )

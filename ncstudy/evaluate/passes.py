@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-if TYPE_CHECKING:
-    from ncstudy.metrics import NCStatistics
+from ncstudy.evaluate.probes import probe_accuracy, train_linear_probe
+from ncstudy.metrics import NCAccumulator, NCStatistics, compute_nc_metrics
+from ncstudy.metrics.compute import compute_classifier_metrics
+from ncstudy.metrics.stats import nc4_counts, nearest_pass_mean
 
 
 def shard_loader(
@@ -99,8 +101,6 @@ def nc_pass(
     (test) leave the classifier alone, so no test statistic reaches the model or checkpoint.
     A rank with an empty shard contributes zeros (every rank joins every collective).
     """
-    from ncstudy.metrics import NCAccumulator, compute_nc_metrics
-
     encoder.eval()
     # Predictions that depend on this pass's prototypes cannot be scored during it.
     predict_now = not (set_prototypes and criterion.needs_class_means)
@@ -154,7 +154,6 @@ def _nc4_second_pass(
     encoder: nn.Module, criterion: Any, loader: DataLoader, stats: Any, device: torch.device
 ) -> Any:
     """nc4 counts of the loss's predictions against the class means of `stats` (reduced)."""
-    from ncstudy.metrics.stats import nc4_counts
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, _ in loader:
@@ -208,8 +207,6 @@ def probe_accuracies(
     With `nc_metrics`, also the NC metrics of each probe as a classifier of the encoder
     outputs (`nc/lp/<metric>`, `nc/nlp/<metric>`): the weight-dependent metrics and nc4.
     """
-    from ncstudy.evaluate.probes import probe_accuracy, train_linear_probe
-
     train_x, train_y = gather_features(encoder, loaders["train"], device)
     evals = {split: gather_features(encoder, loaders[split], device) for split in splits}
     # The probe-independent part of the probes' NC metrics: built once, shared by lp and nlp.
@@ -252,8 +249,6 @@ class ProbeNCBasis:
 def probe_nc_basis(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ProbeNCBasis:
     """The probe-independent part of `probe_nc_metrics`, from features that every rank already
     holds in full: no all-reduce, no per-class scatter."""
-    from ncstudy.metrics import NCAccumulator
-    from ncstudy.metrics.stats import nearest_pass_mean
 
     acc = NCAccumulator(num_classes, features.shape[1], max_intra_classes=0)
     acc.update(features, labels)
@@ -267,8 +262,6 @@ def probe_nc_metrics(
 ) -> dict[str, float]:
     """The NC metrics that depend on a probe: its weight rows against the class means of the
     gathered training `features` (summarised in `basis`), and nc4 of its predictions."""
-    from ncstudy.metrics.compute import compute_classifier_metrics
-
     predictions = probe(features.float()).argmax(1)
     stats = dataclasses.replace(
         basis.stats,

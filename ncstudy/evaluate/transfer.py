@@ -19,11 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
 from torch import nn
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
 from ncstudy.data import transforms as tf
+from ncstudy.data.imagefolder import (
+    TEST_SPLITS,
+    cifar10_jpeg_root,
+    scan_imagefolder,
+    test_split_dir,
+)
+from ncstudy.data.images import ImageDataset
 from ncstudy.evaluate.corruptions import evenly_spaced
 from ncstudy.evaluate.passes import gather_features, shard_loader
 from ncstudy.evaluate.probes import probe_accuracy, train_linear_probe
@@ -88,16 +96,12 @@ def downstream_root(ds: Any) -> Path:
     """Where a DownstreamDatasetSpec's files are: `root`, else ~/.cache/ncstudy/downstream/<name>
     (the cifar10_jpeg copy: `data.imagefolder.cifar10_jpeg_root`)."""
     if ds.name == "cifar10_jpeg":
-        from ncstudy.data.imagefolder import cifar10_jpeg_root
-
         return cifar10_jpeg_root(ds)
     return Path(ds.root or Path.home() / ".cache" / "ncstudy" / "downstream" / ds.name).expanduser()
 
 
 def is_imagefolder_tree(root: Path) -> bool:
     """Whether `root` holds train/ and test/ (or val/): an ImageFolder copy of a dataset."""
-    from ncstudy.data.imagefolder import TEST_SPLITS
-
     return (root / "train").is_dir() and any((root / s).is_dir() for s in TEST_SPLITS)
 
 
@@ -115,16 +119,11 @@ def downstream_splits(ds: Any, size: int, stats: tf.Stats) -> tuple[Dataset, Dat
     transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(*stats)])
     root = downstream_root(ds)
     if reads_as_imagefolder(ds, root):
-        from ncstudy.data.imagefolder import scan_imagefolder, test_split_dir
-        from ncstudy.data.images import ImageDataset
-
         train, test = scan_imagefolder(root / "train"), scan_imagefolder(test_split_dir(root))
         if train.classes != test.classes:
             raise ValueError(f"transfer.datasets.root: {root}: train/ and test/ classes differ")
         make = lambda s: ImageDataset(s, np.arange(len(s.labels)), transform)  # noqa: E731
         return make(train), make(test), len(train.classes), False
-    import torchvision.datasets as tvd
-
     try:
         if ds.name == "voc2007":
             kw = {"root": str(root), "year": "2007", "download": ds.download}

@@ -40,6 +40,19 @@ ZERO_TARGET = (
 SIMPLEX_RANK_TARGET = ("erank_inter", "erank_weights")
 UNIT_TARGET = ("nc3_cos",)
 
+# The metrics the clock follows (spec/metrics.md, the source paper's Table 7): the histories the
+# worker loops record and the `steps_to_95/<name>` they log. Network trials:
+NETWORK_CLOCK_METRICS = (
+    "erank_intra",
+    "erank_inter",
+    "erank_weights",
+    "align_weight_mean",
+    "align_weight_inst",
+    "nc1",
+)
+# UFM trials: the same without erank_intra.
+UFM_CLOCK_METRICS = tuple(m for m in NETWORK_CLOCK_METRICS if m != "erank_intra")
+
 
 def metric_target(name: str, num_classes: int) -> float:
     """The perfect-NC value of a tracked metric: K-1 for the ranks, 1 for nc3_cos, else 0."""

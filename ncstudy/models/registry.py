@@ -1,5 +1,8 @@
 """The model registry: names in the study YAML map to encoder builders, each with its standard
-width and default feature dimension (so `model: {name: resnet50}` is the paper's ResNet-50)."""
+width and default feature dimension (so `model: {name: resnet50}` is the paper's ResNet-50).
+
+The model modules register themselves when `ncstudy.models` imports them (the package is
+always imported before this module), so the registry never imports them back."""
 
 from __future__ import annotations
 
@@ -29,14 +32,12 @@ def register_model(
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    _load_builtin()
     return sorted(_BUILDERS)
 
 
 def model_dims(name: str, width: int | None, feature_dim: int | None) -> tuple[int, int]:
     """(width, feature_dim) of model `name`: the given values, else the model's defaults (the
     standard width; the feature dimension the model has without a bottleneck)."""
-    _load_builtin()
     if name not in _DEFAULTS:
         raise ValueError(f"model.name: unknown model {name!r}; valid: {list_models()}")
     standard_width, default_dim = _DEFAULTS[name]
@@ -47,11 +48,6 @@ def model_dims(name: str, width: int | None, feature_dim: int | None) -> tuple[i
 def build_model(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
     """Build the encoder named by `spec.name` (a validated ModelSpec, so width and feature_dim
     are filled in) for inputs of `input_shape`."""
-    _load_builtin()
     if spec.name not in _BUILDERS:
         raise ValueError(f"model.name: unknown model {spec.name!r}; valid: {list_models()}")
     return _BUILDERS[spec.name](spec, input_shape)
-
-
-def _load_builtin() -> None:
-    from ncstudy.models import resnet, small_cnn  # noqa: F401

@@ -7,11 +7,24 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from ncstudy.report.downstream_tables import downstream_tables
 from ncstudy.report.figures import FigureFile, all_figures
 from ncstudy.report.html import render_index
 from ncstudy.report.load import StudyData, open_client
 from ncstudy.report.markdown import table_markdown, write_tables
-from ncstudy.report.tables import Table, all_tables
+from ncstudy.report.nc_tables import convergence, nc_final, nc_trials
+from ncstudy.report.tables import (
+    Table,
+    accuracy_by_batch,
+    accuracy_by_temperature,
+    best_temperature,
+    failures,
+    scl_classifiers,
+    seed_spread,
+    trials_table,
+)
 
 ARTIFACT_DIR = "report"
 
@@ -26,6 +39,23 @@ class Report:
     figures: list[FigureFile]
     files: list[Path]
     logged_to: str | None  # the parent run id the files were logged to, if any
+
+
+def all_tables(trials: pd.DataFrame) -> list[Table]:
+    """Every table of the report, in reading order."""
+    return [
+        trials_table(trials),
+        failures(trials),
+        best_temperature(trials),
+        accuracy_by_temperature(trials),
+        accuracy_by_batch(trials),
+        seed_spread(trials),
+        scl_classifiers(trials),
+        nc_final(trials),
+        convergence(trials),
+        nc_trials(trials),
+        *downstream_tables(trials),
+    ]
 
 
 def status_line(data: StudyData) -> str:

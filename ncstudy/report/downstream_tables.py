@@ -12,6 +12,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from ncstudy.config import CORRUPTIONS, TransferSpec
+from ncstudy.evaluate.corruptions import ALEXNET_ERR
 from ncstudy.report.tables import (
     MISSING,
     SELECTION,
@@ -24,7 +26,6 @@ from ncstudy.report.tables import (
     pct,
     prepared,
 )
-from ncstudy.config import CORRUPTIONS, TransferSpec
 
 DEFAULT_REFERENCE = TransferSpec.model_fields["reference_loss"].default
 LT_GROUPS = (("all", "lt/acc1"), ("many", "lt/many_acc1"), ("medium", "lt/medium_acc1"))
@@ -99,8 +100,6 @@ def transfer_table(trials: pd.DataFrame, reference: str | None = None) -> Table 
 def corruption_table(trials: pd.DataFrame) -> Table | None:
     """Table 5: clean error, mCE and the Corruption Error per corruption (AlexNet = 100) on
     ImageNet; elsewhere the unnormalised mean error and the error per corruption."""
-    from ncstudy.evaluate.corruptions import ALEXNET_ERR
-
     logged = {k.split("/")[1] for k in _logged(trials, r"corruption/([^/]+)/err")}
     if not logged:
         return None

@@ -20,9 +20,15 @@ import pandas as pd
 import yaml
 
 from ncstudy import tracking
-from ncstudy.convergence_ref import REFERENCE_TAG, metric_series, quiet_downloads
+from ncstudy.config import ConvergenceSpec, SpecError, expand, parse_study
+from ncstudy.convergence_ref import (
+    REFERENCE_TAG,
+    metric_series,
+    num_classes_of,
+    quiet_downloads,
+)
+from ncstudy.data.registry import dataset_num_classes
 from ncstudy.report.clock import fill_steps_to_ref
-from ncstudy.config import ConvergenceSpec
 
 NOT_STARTED = "NOT STARTED"
 HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss")
@@ -129,8 +135,6 @@ def _study_spec(
 ) -> tuple[Any | None, str | None]:
     """The StudySpec from the study folder's YAML, else from the parent run's artifact; or
     None and why it could not be read."""
-    from ncstudy.config import SpecError, parse_study
-
     text, source = None, None
     if study_yaml is not None and study_yaml.exists():
         text, source = study_yaml.read_text(), str(study_yaml)
@@ -148,8 +152,6 @@ def _study_spec(
 
 def _expected(spec: Any | None) -> list[Any]:
     """The grid's trials; none for a search study (its trials are sampled as it runs)."""
-    from ncstudy.config import expand
-
     if spec is None or getattr(spec, "search", None) is not None:
         return []
     return expand(spec)
@@ -174,8 +176,6 @@ def trial_frame(spec: Any | None, by_key: dict[str, Any]) -> pd.DataFrame:
 
 
 def _row_from_spec(t: Any, run: Any | None) -> dict[str, Any]:
-    from ncstudy.convergence_ref import num_classes_of
-
     row = {
         "key": t.key,
         "loss": t.loss,
@@ -239,8 +239,6 @@ def _study_num_classes(spec: Any | None) -> float:
         return math.nan
     if spec.ufm is not None:
         return int(spec.ufm.K)
-    from ncstudy.data.registry import dataset_num_classes
-
     return dataset_num_classes(spec.dataset)
 
 

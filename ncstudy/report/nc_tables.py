@@ -9,7 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from ncstudy.config import ConvergenceSpec
 from ncstudy.metrics import metric_target
+from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS
 from ncstudy.report.tables import (
     MISSING,
     SELECTION,
@@ -23,7 +25,6 @@ from ncstudy.report.tables import (
     ordered,
     prepared,
 )
-from ncstudy.config import ConvergenceSpec
 
 DEFAULT_CLOCK_REFERENCE = ConvergenceSpec.model_fields["reference_loss"].default
 TABLE3_METRICS = (
@@ -154,10 +155,8 @@ NO_DATA = (math.nan, math.nan)
 
 
 def _to_95(row: pd.Series, metric: str) -> tuple[float, float]:
-    from ncstudy.train import CLOCK_METRICS  # the metrics whose steps_to_95 training logs
-
     if (
-        metric not in CLOCK_METRICS
+        metric not in NETWORK_CLOCK_METRICS  # the metrics whose steps_to_95 training logs
         or f"nc/{metric}" not in row
         or not np.isfinite(row[f"nc/{metric}"])
     ):

@@ -341,23 +341,3 @@ def drop_single_setting(frame: pd.DataFrame) -> pd.DataFrame:
     if "setting" in frame and frame["setting"].nunique() <= 1:
         return frame.drop(columns="setting")
     return frame
-
-
-def all_tables(trials: pd.DataFrame) -> list[Table]:
-    """Every table of the report, in reading order."""
-    from ncstudy.report.downstream_tables import downstream_tables
-    from ncstudy.report.nc_tables import convergence, nc_final, nc_trials
-
-    return [
-        trials_table(trials),
-        failures(trials),
-        best_temperature(trials),
-        accuracy_by_temperature(trials),
-        accuracy_by_batch(trials),
-        seed_spread(trials),
-        scl_classifiers(trials),
-        nc_final(trials),
-        convergence(trials),
-        nc_trials(trials),
-        *downstream_tables(trials),
-    ]

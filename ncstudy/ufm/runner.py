@@ -17,22 +17,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ncstudy.context import WorkerContext
-from ncstudy.metrics.convergence import clock_summary, record_history
 from ncstudy.config import TrialSpec
+from ncstudy.context import WorkerContext
+from ncstudy.losses import build_loss
+from ncstudy.metrics import NCAccumulator, compute_nc_metrics
+from ncstudy.metrics.convergence import UFM_CLOCK_METRICS, clock_summary, record_history
+from ncstudy.runlog import RunLogger, tune_view
+from ncstudy.targets import RunTarget
 from ncstudy.ufm import theory
 from ncstudy.ufm.problem import UFMProblem, balanced_labels
 from ncstudy.ufm.regularized import RegularizedUFM
 from ncstudy.ufm.spherical import SphericalUFM
 
-# The convergence clock follows the same metrics as network trials.
-CLOCK_METRICS = ("erank_inter", "erank_weights", "align_weight_mean", "align_weight_inst", "nc1")
+# What Tune sees of a report (runlog.tune_view): scalars and the status, no NC block.
+TUNE_KEYS = ("epoch", "train/", "val/", "best/", "final/", "ufm/", "status", "reason")
 
 
 def build_problem(trial: TrialSpec) -> UFMProblem:
     """The UFM problem of a trial: labels, free features and the production loss module."""
-    from ncstudy.losses import build_loss
-
     u = trial.ufm
     if u is None:
         raise ValueError(f"trial {trial.key}: not a UFM trial (no `ufm` section)")
@@ -72,8 +74,6 @@ def theory_value(trial: TrialSpec) -> float | None:
 
 def nc_metrics(problem: UFMProblem, num_classes: int, max_intra_classes: int) -> dict[str, float]:
     """NC metrics of the free features with the loss's own classifier (and its predictions)."""
-    from ncstudy.metrics import NCAccumulator, compute_nc_metrics
-
     crit, h, y = problem.criterion, problem.features.detach(), problem.labels
     set_prototypes(problem, num_classes)
     acc = NCAccumulator(num_classes, h.shape[1], max_intra_classes=max_intra_classes)
@@ -91,86 +91,100 @@ def set_prototypes(problem: UFMProblem, num_classes: int) -> None:
         crit.set_class_means(F.normalize(onehot.T @ z, dim=1))
 
 
-def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None = None) -> None:
-    """Optimise one UFM trial, reporting every `evaluation.every` iterations; `run` holds the
-    MLflow tracking URI and run id (nothing is logged without it)."""
+def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = None) -> None:
+    """Optimise one UFM trial, reporting every `evaluation.every` iterations; `run` is the
+    trial's MLflow run (nothing is logged without it)."""
     threads = max(1, int(trial.resources.cpus_per_worker))
     torch.set_num_threads(int(os.environ.get("NCSTUDY_THREADS", threads)))
-    u, ev = trial.ufm, trial.evaluation
+    u = trial.ufm
     assert u is not None  # build_problem raises a clear error first
     problem = build_problem(trial)
-    bound = theory_value(trial)
     history: dict[str, list[tuple[int, float]]] = {}
     best = -1.0
     state = ctx.load_state()
     if state is not None:
         problem.load_state(state["ufm"])
         history, best = state["history"], state["best_val"]
-    mlf = None
-    if run is not None and ctx.is_main:
-        from ncstudy import tracking
-
-        mlf = tracking.client(run["tracking_uri"])
-    if state is None and ev.nc_metrics:
+    log = RunLogger(run, ctx.is_main)
+    if state is None and trial.evaluation.nc_metrics:
         # Step 0 of the convergence clock: closeness to a target of 0 is measured against the
         # value at initialisation, so the metrics are taken once before the first iteration.
-        init = {f"nc/{k}": v for k, v in nc_metrics(problem, u.K, ev.max_intra_classes).items()}
-        record_history(history, init, 0, CLOCK_METRICS)
-        _log(mlf, run, init, 0)
-
+        init = {f"nc/{k}": v for k, v in _nc(problem, trial).items()}
+        record_history(history, init, 0, UFM_CLOCK_METRICS)
+        log.log(init, 0)
+    bound = theory_value(trial)
     while problem.iteration < u.iterations:
-        started = time.perf_counter()
-        result = problem.run(min(ev.every, u.iterations - problem.iteration))
-        it = problem.iteration
-        set_prototypes(problem, u.K)
-        loss = float(problem.loss().detach())
-        acc1 = problem.accuracy()
-        metrics: dict[str, Any] = {
-            "epoch": it,
-            "train/loss": loss,
-            "train/objective": result.objective,
-            "train/acc1": acc1,
-            "val/acc1": acc1,
-            "ufm/grad_norm": result.grad_norm,
-            "ufm/step_size": problem.step_size,
-            "ufm/converged": float(problem.converged),
-            "perf/iteration_seconds": (time.perf_counter() - started) / max(ev.every, 1),
-        }
-        if bound is not None:
-            metrics["ufm/theory_loss"] = bound
-            metrics["ufm/loss_gap"] = loss - bound
+        metrics = ufm_round(problem, trial, bound)
+        it, loss = metrics["epoch"], metrics["train/loss"]
         if not math.isfinite(loss):
             metrics.update(status="failed", reason=f"UFM loss is {loss} at iteration {it}")
-            _log(mlf, run, metrics, it)
-            ctx.report(_tune_view(metrics))
+            log.log(metrics, it)
+            ctx.report(tune_view(metrics, TUNE_KEYS))
             return
-        if ev.nc_metrics:
-            nc = nc_metrics(problem, u.K, ev.max_intra_classes)
-            metrics.update({f"nc/{k}": v for k, v in nc.items()})
-            record_history(history, metrics, it, CLOCK_METRICS)
-        best = max(best, acc1)
+        if trial.evaluation.nc_metrics:
+            metrics.update({f"nc/{k}": v for k, v in _nc(problem, trial).items()})
+            record_history(history, metrics, it, UFM_CLOCK_METRICS)
+        best = max(best, metrics["train/acc1"])
         metrics["best/val_acc1"] = best
         if it >= u.iterations:
-            metrics.update({"final/val_acc1": acc1, "final/train_loss": loss, "status": "finished"})
-            metrics.update(clock_summary(history, u.K, ev.convergence.ewma_alpha))
-        checkpoint = {
-            "ufm": problem.state(),
-            "history": history,
-            "best_val": best,
-            "trial": trial.model_dump(mode="json"),
-        }
-        _log(mlf, run, metrics, it)
-        ctx.report(_tune_view(metrics), state=checkpoint)
+            metrics.update(_final(metrics, history, trial))
+        log.log(metrics, it)
+        ctx.report(tune_view(metrics, TUNE_KEYS), state=_checkpoint(problem, history, best, trial))
 
 
-def _tune_view(metrics: dict[str, Any]) -> dict[str, Any]:
-    """What Tune sees: the scalar metrics without the NC block, plus the status."""
-    keep = ("epoch", "train/", "val/", "best/", "final/", "ufm/", "status", "reason")
-    return {k: v for k, v in metrics.items() if k.startswith(keep)}
+def ufm_round(problem: UFMProblem, trial: TrialSpec, bound: float | None) -> dict[str, Any]:
+    """Run `evaluation.every` iterations (fewer at the end); the round's metrics, without the NC
+    block. `epoch` is the number of iterations done."""
+    u, every = trial.ufm, trial.evaluation.every
+    assert u is not None
+    started = time.perf_counter()
+    result = problem.run(min(every, u.iterations - problem.iteration))
+    set_prototypes(problem, u.K)
+    loss = float(problem.loss().detach())
+    acc1 = problem.accuracy()
+    metrics: dict[str, Any] = {
+        "epoch": problem.iteration,
+        "train/loss": loss,
+        "train/objective": result.objective,
+        "train/acc1": acc1,
+        "val/acc1": acc1,
+        "ufm/grad_norm": result.grad_norm,
+        "ufm/step_size": problem.step_size,
+        "ufm/converged": float(problem.converged),
+        "perf/iteration_seconds": (time.perf_counter() - started) / max(every, 1),
+    }
+    if bound is not None:
+        metrics["ufm/theory_loss"] = bound
+        metrics["ufm/loss_gap"] = loss - bound
+    return metrics
 
 
-def _log(mlf: Any, run: dict[str, Any] | None, metrics: dict[str, Any], step: int) -> None:
-    if mlf is not None and run is not None:
-        from ncstudy import tracking
+def _nc(problem: UFMProblem, trial: TrialSpec) -> dict[str, float]:
+    assert trial.ufm is not None
+    return nc_metrics(problem, trial.ufm.K, trial.evaluation.max_intra_classes)
 
-        tracking.log_metrics(mlf, run["run_id"], metrics, step=step)
+
+def _final(
+    metrics: dict[str, Any], history: dict[str, list[tuple[int, float]]], trial: TrialSpec
+) -> dict[str, Any]:
+    """The last report's extras: final values, status and the convergence clock."""
+    assert trial.ufm is not None
+    out: dict[str, Any] = {
+        "final/val_acc1": metrics["train/acc1"],
+        "final/train_loss": metrics["train/loss"],
+        "status": "finished",
+    }
+    out.update(clock_summary(history, trial.ufm.K, trial.evaluation.convergence.ewma_alpha))
+    return out
+
+
+def _checkpoint(
+    problem: UFMProblem, history: dict[str, list[tuple[int, float]]], best: float, trial: TrialSpec
+) -> dict[str, Any]:
+    """The self-describing checkpoint after a round."""
+    return {
+        "ufm": problem.state(),
+        "history": history,
+        "best_val": best,
+        "trial": trial.model_dump(mode="json"),
+    }

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from ncstudy.config import DatasetSpec, SpecError, parse_study
 from ncstudy.data import build_data, list_datasets
 from ncstudy.data import transforms as tf
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
 from ncstudy.data.longtail import longtail_counts
-from ncstudy.config import DatasetSpec, SpecError, parse_study
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 6
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ncstudy.config import DatasetSpec
 from ncstudy.data import build_data
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
-from ncstudy.config import DatasetSpec
 
 pytest.importorskip("ffcv")
 from data_prep.write_beton import main as write_main  # noqa: E402

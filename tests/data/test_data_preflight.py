@@ -10,10 +10,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from ncstudy.config import parse_study
 from ncstudy.data import ffcv_loader
 from ncstudy.data.preflight import check_study_data
 from ncstudy.run import main
-from ncstudy.config import parse_study
 
 
 def image_tree(root: Path, classes: dict[str, list[str]], size: int = 8) -> Path:

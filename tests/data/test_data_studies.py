@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ncstudy.run import main
 from ncstudy.config import SpecError, expand, load_study, parse_study
+from ncstudy.run import main
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 BASE = {

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Subset
 
+from ncstudy.config import CORRUPTIONS, CorruptionSpec, SpecError, TransferSpec, expand, parse_study
 from ncstudy.context import LocalContext
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
 from ncstudy.data.images import ImageDataset, ImageSource
@@ -29,7 +30,6 @@ from ncstudy.evaluate.transfer import (
     transfer_accuracies,
     voc07_average_precision,
 )
-from ncstudy.config import CORRUPTIONS, CorruptionSpec, SpecError, TransferSpec, expand, parse_study
 from ncstudy.train import train_loop
 
 torch.set_num_threads(1)  # tiny probes and images: threads only add overhead
@@ -158,8 +158,8 @@ def voc_folder(root: Path, images: dict[str, dict[str, list[tuple[str, int]]]]) 
 
 
 def test_voc2007_targets_ignore_difficult_objects(tmp_path: Path) -> None:
-    from ncstudy.evaluate.transfer import VOC_CLASSES, downstream_splits
     from ncstudy.config import DownstreamDatasetSpec
+    from ncstudy.evaluate.transfer import VOC_CLASSES, downstream_splits
 
     root = voc_folder(
         tmp_path,
@@ -374,10 +374,10 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_loop_logs_downstream_metrics(
     cifar_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ncstudy.train
+    from ncstudy.runlog import RunLogger
 
     logged: list[dict] = []
-    monkeypatch.setattr(ncstudy.train, "_log", lambda mlf, run, m, epoch: logged.append(dict(m)))
+    monkeypatch.setattr(RunLogger, "log", lambda logger, m, epoch: logged.append(dict(m)))
     study = {
         "name": "downstream",
         "dataset": {

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_downstream import ArgmaxColour, MeanColour, colour_folder
 
+from ncstudy.config import CorruptionSpec, LongTailEvalSpec, TransferSpec
 from ncstudy.data.imagefolder import scan_imagefolder
 from ncstudy.data.images import ImageDataset
 from ncstudy.data.transforms import eval_transform
@@ -20,7 +21,6 @@ from ncstudy.evaluate.corruptions import corruption_errors
 from ncstudy.evaluate.longtail import longtail_accuracies, shard_class_counts
 from ncstudy.evaluate.passes import shard_loader
 from ncstudy.evaluate.transfer import gather_in_order, transfer_accuracies
-from ncstudy.config import CorruptionSpec, LongTailEvalSpec, TransferSpec
 
 STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

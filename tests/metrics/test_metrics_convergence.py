@@ -123,8 +123,8 @@ def test_steps_to_ref_uses_the_studys_convergence_settings() -> None:
     """ce reaches normface's converged nc1 (0.2) at step 1 unsmoothed, at step 2 with the
     default EWMA (ce 1, .915, .8385 against normface's final .875): the study's alpha (1.0) and
     reference loss (normface) decide."""
-    from ncstudy.convergence_ref import REFERENCE_TAG, log_steps_to_ref
     from ncstudy.config import expand, parse_study
+    from ncstudy.convergence_ref import REFERENCE_TAG, log_steps_to_ref
 
     study = {
         "name": "clock",

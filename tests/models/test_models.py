@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ncstudy.models import build_model, list_models
 from ncstudy.config import ModelSpec
+from ncstudy.models import build_model, list_models
 
 torch.set_num_threads(1)
 

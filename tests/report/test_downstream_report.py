@@ -8,15 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ncstudy.config import CORRUPTIONS
 from ncstudy.evaluate.corruptions import ALEXNET_ERR
+from ncstudy.report.build import all_tables
 from ncstudy.report.downstream_tables import (
     corruption_table,
     downstream_tables,
     longtail_table,
     transfer_table,
 )
-from ncstudy.report.tables import MISSING, all_tables
-from ncstudy.config import CORRUPTIONS
+from ncstudy.report.tables import MISSING
 
 LT = {"ce": (0.60, 0.90, 0.50, 0.10), "supcon": (0.66, 0.90, 0.55, 0.20)}  # all/many/medium/few
 

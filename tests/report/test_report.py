@@ -14,14 +14,15 @@ import pytest
 import yaml
 
 from ncstudy import tracking
+from ncstudy.config import expand, parse_study
 from ncstudy.convergence_ref import REFERENCE_TAG, choose_reference, log_steps_to_ref
 from ncstudy.report import load_study_data, write_report
+from ncstudy.report.build import all_tables
 from ncstudy.report.cli import main as report_main
 from ncstudy.report.cli import resolve_target
 from ncstudy.report.clock import fill_steps_to_ref
 from ncstudy.report.markdown import markdown_table
-from ncstudy.report.tables import MISSING, all_tables
-from ncstudy.config import expand, parse_study
+from ncstudy.report.tables import MISSING
 
 STUDY = {
     "name": "fake",

@@ -75,9 +75,23 @@ def test_two_workers_train_on_the_offline_cifar10_copy(tmp_path: Path, cifar_roo
     assert "nc/nc1" in run.data.metrics and run.data.metrics["final/val_acc1"] > 0.1
 
 
-def train_worker_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line]
+def train_worker_pids(driver: int) -> list[int]:
+    """The Ray Train workers of this test's study: descendants of its driver process (its local
+    Ray). The machine may run other Ray clusters; their workers are not this test's to kill."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    parent, workers = {}, []
+    for line in out.splitlines():
+        pid, ppid, *args = line.split(None, 2)
+        parent[int(pid)] = int(ppid)
+        if args and "RayTrainWorker" in args[0]:
+            workers.append(int(pid))
+
+    def descends(pid: int) -> bool:
+        while pid not in (0, 1, driver) and pid in parent:
+            pid = parent[pid]
+        return pid == driver
+
+    return [pid for pid in workers if descends(pid)]
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
@@ -103,7 +117,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
             continue  # the driver has not created the MLflow store yet
         _, runs = child_runs(tmp_path, "kill")
         epoch = runs[0].data.metrics.get("epoch", 0) if runs else 0
-        pids = train_worker_pids()
+        pids = train_worker_pids(proc.pid)
         if 7 <= epoch < epochs - 5 and pids:
             os.kill(pids[-1], signal.SIGKILL)
             killed_at = epoch
@@ -125,8 +139,8 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 def test_ffcv_loader_feeds_the_worker_loop(tmp_path: Path, cifar_root: Path) -> None:
     pytest.importorskip("ffcv")
     from data_prep.write_beton import main as write_beton
-    from ncstudy.context import LocalContext
     from ncstudy.config import expand, parse_study
+    from ncstudy.context import LocalContext
     from ncstudy.train import train_loop
 
     betons = tmp_path / "betons"

@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import ncstudy.train as train_module
+from ncstudy.config import expand, parse_study
 from ncstudy.context import LocalContext
 from ncstudy.evaluate import downstream
-from ncstudy.config import expand, parse_study
-from ncstudy.train import CLOCK_METRICS, lr_lambda, train_loop
+from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS as CLOCK_METRICS
+from ncstudy.runlog import RunLogger
+from ncstudy.train import lr_lambda, train_loop
 
 
 def tiny_trial(
@@ -47,21 +49,22 @@ def epochs(reports: list[dict]) -> list[Any]:
 
 
 class Recorder:
-    """Stands in for train._log and train._tag: what would go to rank 0's MLflow run."""
+    """Stands in for RunLogger.log and RunLogger.tag: what would go to rank 0's MLflow run."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, dict]] = []
         self.tags: dict[str, str] = {}
 
-    def __call__(self, mlf, run, metrics, step) -> None:  # noqa: ANN001
+    def __call__(self, metrics, step) -> None:  # noqa: ANN001
         self.calls.append((step, dict(metrics)))
 
-    def tag(self, mlf, run, tags) -> None:  # noqa: ANN001
+    def tag(self, tags) -> None:  # noqa: ANN001
         self.tags.update(tags)
 
     def install(self, setattr) -> None:  # noqa: ANN001
-        setattr(train_module, "_log", self)
-        setattr(train_module, "_tag", self.tag)
+        # class attributes that are not functions: called without the logger instance
+        setattr(RunLogger, "log", self)
+        setattr(RunLogger, "tag", self.tag)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one logged metric, the latest value per step."""

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from ncstudy.context import LocalContext
 from ncstudy.config import SpecError, TrialSpec, expand, load_study, parse_study
+from ncstudy.context import LocalContext
 from ncstudy.trial import uses_train
 from ncstudy.ufm import theory
 from ncstudy.ufm.runner import ufm_loop
@@ -181,7 +181,7 @@ def test_ufm_memory_zero_runs_riemannian_gradient_descent() -> None:
 def test_loop_logs_nc_metrics_and_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     logged: list[dict] = []
     monkeypatch.setattr(
-        "ncstudy.ufm.runner._log", lambda mlf, run, metrics, step: logged.append(metrics)
+        "ncstudy.runlog.RunLogger.log", lambda logger, metrics, step: logged.append(metrics)
     )
     trial = expand(parse_study(ufm_study()))[2]  # nonl, seed 0
     ctx = LocalContext()
