@@ -32,9 +32,9 @@ QP_TOL = 1e-12  # DAQP's primal and dual feasibility tolerances (its defaults ar
 QP_ITER_LIMIT = 10_000  # DAQP iterations per QP (it needs about as many as active constraints)
 
 
-def gnc1(counts: Tensor, sum_normalized: Tensor, second_moment_normalized: Tensor) -> float | None:
+def gnc1(counts: Tensor, sum_normalized: Tensor, within_scatter_normalized: Tensor) -> float | None:
     """nc1 on the L2-normalised features."""
-    return nc1(counts, sum_normalized, second_moment_normalized)
+    return nc1(counts, sum_normalized, within_scatter_normalized)
 
 
 def gnc3(weights: Tensor, centred_means: Tensor) -> float | None:
