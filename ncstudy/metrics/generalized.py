@@ -18,11 +18,11 @@ import daqp
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from ncstudy.metrics._linalg import cosine_matrix, off_diagonal, safe_normalize
 from ncstudy.metrics.classical import nc1, row_cosines
+from ncstudy.metrics.stats import blas_threads
 
 # Certified relative gap (upper - lower) / upper that a distance must reach to be reported.
 ACCEPT_TOL = 1e-9
@@ -64,11 +64,11 @@ def gnc2(weights: Tensor, max_iter: int = QP_ITER_LIMIT) -> float | None:
     k = weights.shape[0]
     if k < 2:
         return None
-    points = span_coordinates(safe_normalize(weights.to(torch.float64)).cpu().numpy())
+    unit = safe_normalize(weights.to(torch.float64)).cpu().numpy()
     try:
         # The QPs are small: BLAS threads only add overhead (and contention on a busy node).
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _min_distance(points, max_iter)
+        with blas_threads(1):
+            return _min_distance(span_coordinates(unit), max_iter)
     except SolverNotOptimal as err:
         warnings.warn(f"gnc2 omitted: {err}", RuntimeWarning, stacklevel=2)
         return None
@@ -101,8 +101,8 @@ def span_coordinates(points: np.ndarray) -> np.ndarray:
     k, d = points.shape
     if d <= k:
         return points
-    _, _, vt = np.linalg.svd(points, full_matrices=False)
-    return points @ vt.T
+    # points^T = Q R with Q (d, K) orthonormal: points = R^T Q^T, so R^T holds the coordinates.
+    return np.linalg.qr(points.T, mode="r").T
 
 
 def one_vs_rest_distance(points: np.ndarray, k: int, max_iter: int = QP_ITER_LIMIT) -> float:
@@ -144,7 +144,12 @@ def min_norm_bounds(y: np.ndarray, max_iter: int = QP_ITER_LIMIT) -> tuple[float
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(lam))):
         return 0.0, float("inf")
     # Whatever DAQP's status, the bounds below hold; only their agreement certifies a distance.
-    a = np.maximum(-lam, 0.0)  # DAQP's multipliers of active lower bounds are <= 0
+    return hull_bounds(y, np.maximum(-lam, 0.0), v)  # DAQP's multipliers here are <= 0
+
+
+def hull_bounds(y: np.ndarray, a: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """(lower, upper) on the min norm over conv(rows of y) from any weights a >= 0 (the hull
+    point y^T a / sum(a)) and any direction v: valid whatever solver produced them."""
     upper = _hull_point_norm(y, a)
     return min(_separation(y, v), upper), upper
 

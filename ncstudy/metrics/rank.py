@@ -25,23 +25,23 @@ def erank_intra(
 ) -> float | None:
     """Mean over the tracked classes with >= 2 samples of erank(Cov{z_i : y_i = k}).
 
-    Cov = S_k / n_k from the centred scatter; it is symmetric PSD, so its singular values are
-    |eigenvalues|, all classes in one batched eigvalsh (LAPACK through numpy, limited to
-    torch's thread count); a collapsed class has effective rank 0. None when no tracked class
-    has two samples.
+    Cov = S_k / n_k from the centred scatter (its lower triangle, see NCStatistics); it is
+    symmetric PSD, so its singular values are |eigenvalues|, all classes in one batched eigvalsh
+    (LAPACK through numpy, limited to torch's thread count); a collapsed class has effective
+    rank 0. None when no tracked class has two samples.
     """
     n = counts[intra_classes]
     keep = n >= 2
     if not bool(keep.any()):
         return None
-    cov = scatter_normalized[keep] / n[keep][:, None, None]
+    scatter = scatter_normalized if bool(keep.all()) else scatter_normalized[keep]
+    with blas_threads():  # LAPACK reads the lower triangle only (UPLO="L")
+        ev = np.abs(np.linalg.eigvalsh(scatter.cpu().numpy(), UPLO="L"))
+    spectra = torch.from_numpy(ev).to(scatter.device) / n[keep][:, None]  # of Cov = S / n
     # The scatter was accumulated about a row of the class (a typical distance from its mean):
     # its round-off is of order eps x tr(Cov), not eps x ||mean||^2 as an uncentred one's.
-    scale = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-    with blas_threads():
-        ev = np.abs(np.linalg.eigvalsh(cov.cpu().numpy()))
-    spectra = torch.from_numpy(ev).to(cov.device)
-    floor = psd_spectrum_floor(cov.shape[-1], cov.dtype, scale[:, None])
+    scale = scatter.diagonal(dim1=-2, dim2=-1).sum(-1) / n[keep]
+    floor = psd_spectrum_floor(scatter.shape[-1], scatter.dtype, scale[:, None])
     spectra = torch.where(spectra > floor, spectra, torch.zeros_like(spectra))
     return sum(effective_rank(s) for s in spectra) / len(spectra)
 

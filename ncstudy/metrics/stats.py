@@ -51,7 +51,9 @@ class NCStatistics:
     within_scatter_normalized: Tensor  # (d, d) the same for z about its class means
     sq_norm_normalized: Tensor  # (K,) sum of ||z||^2 per class (1 per nonzero feature)
     intra_classes: Tensor  # (m,) class ids that have a scatter matrix
-    scatter_normalized: Tensor  # (m, d, d) sum of (z - mean)(z - mean)^T per tracked class
+    # (m, d, d) sum of (z - mean)(z - mean)^T per tracked class, in the LOWER triangle (the
+    # upper one is not that of the matrix: symmetrising 100 of them costs more than the rest)
+    scatter_normalized: Tensor
     nc4_mismatches: float | None = None  # predictions != nearest class mean
     nc4_samples: float | None = None  # samples that carried a prediction
     nc4_source: str | None = None  # "exact" (same-pass means), "reference" (given means),
@@ -80,13 +82,14 @@ def all_reduce_in_place(tensor: Tensor, group: Any = None) -> None:
 _BLAS: ThreadpoolController | None = None
 
 
-def blas_threads() -> Any:
-    """A context that limits the BLAS libraries numpy/scipy load to torch's thread count (their
-    own default is every core, which oversubscribes a worker that torch keeps to fewer)."""
+def blas_threads(limit: int | None = None) -> Any:
+    """A context that limits the BLAS libraries numpy/scipy load to `limit` threads (default:
+    torch's count; their own default is every core, which oversubscribes a worker that torch
+    keeps to fewer). The controller is built once: building one scans every loaded library."""
     global _BLAS
     if _BLAS is None:
         _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=torch.get_num_threads(), user_api="blas")
+    return _BLAS.limit(limits=limit or torch.get_num_threads(), user_api="blas")
 
 
 def add_gram(out: Tensor, rows: Tensor) -> None:
@@ -411,7 +414,7 @@ class NCAccumulator:
             sum_features=self.sum_features,
             within_scatter=within,
             sum_normalized=self.sum_normalized,
-            within_scatter_normalized=untracked + per_class.sum(0),
+            within_scatter_normalized=untracked + symmetric_from_lower(per_class.sum(0)),
             sq_norm_normalized=self.sq_norm_normalized,
             intra_classes=self.intra_classes,
             scatter_normalized=per_class,
@@ -422,8 +425,8 @@ class NCAccumulator:
         return self._result
 
     def _centred_scatters(self) -> tuple[Tensor, Tensor, Tensor]:
-        """W = P - sum_k T_k T_k^T / n_k for the raw pooled, the normalised untracked pooled and
-        (in place) the normalised per-class scatters, all made symmetric."""
+        """W = P - sum_k T_k T_k^T / n_k for the raw pooled, the normalised untracked pooled (both
+        made symmetric) and, in place, the normalised per-class scatters (lower triangles)."""
         inv = 1.0 / self.counts.clamp(min=1)
         t, tz = self.shifted_sum, self.shifted_sum_normalized
         within = symmetric_from_lower(self.scatter) - _outer_sum(t, t, inv)
@@ -433,9 +436,7 @@ class NCAccumulator:
         )
         per_class = self.scatter_normalized
         for slot, k in enumerate(self.intra_classes.tolist()):
-            block = per_class[slot]
-            block.copy_(symmetric_from_lower(block))
-            block.sub_(torch.outer(tz[k], tz[k]), alpha=float(inv[k]))
+            per_class[slot].sub_(torch.outer(tz[k], tz[k]), alpha=float(inv[k]))
         return within, pooled, per_class
 
 
