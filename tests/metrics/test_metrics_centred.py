@@ -23,7 +23,8 @@ CHECKED = ("nc1", "gnc1", "erank_intra", "align_inst_mean", "align_weight_inst")
 
 def collapsed_data(offset: float, spread: float, seed: int = 0):
     """float64 features: K class means offset * 1/sqrt(d) + a unit direction, plus within-class
-    noise of scale `spread` with a decaying spectrum (erank about 11 for z, of rank d - 1); labels; weights."""
+    noise of scale `spread` with a decaying spectrum (erank about 11 for z, of rank d - 1);
+    labels; weights."""
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(K, D))
     means = offset / np.sqrt(D) + directions / np.linalg.norm(directions, axis=1, keepdims=True)
