@@ -132,7 +132,7 @@ class NCAccumulator:
     """Streaming, all-reducible accumulator of the NC sufficient statistics over one pass.
 
     Use once per pass: update() per batch, all_reduce() on every rank, then statistics().
-    Memory: 2 (3 K d + d^2) + m d^2 floats (m = min(K, max_intra_classes) tracked classes,
+    Memory: 7 K d + 2 d^2 + m d^2 floats (m = min(K, max_intra_classes) tracked classes,
     evenly spaced over the class ids), a buffer of 64 m rows, and the nc4 cache (capped).
     """
 
@@ -356,18 +356,14 @@ class NCAccumulator:
         and mean mu, sum (x - mu)(x - mu)^T = P + T e^T + e T^T + n e e^T with e = c - mu, and
         sum (x - mu) = T + n e. e is of the order of the within-class spread: nothing cancels."""
         scale = 1.0 / self.counts.clamp(min=1)[:, None]
-        for shift, shifted_sum, means in (
-            (self.shift, self.shifted_sum, self.sum_features * scale),
-            (self.shift_normalized, self.shifted_sum_normalized, self.sum_normalized * scale),
-        ):
-            e = shift - means
-            raw = shift is self.shift
-            if raw:
-                self.scatter += _shift_correction(shifted_sum, e, local_counts)
-            else:
-                self._recentre_normalized(shifted_sum, e, local_counts)
-            shifted_sum.add_(e * local_counts[:, None])
-            shift.copy_(means)
+        e = self.shift - self.sum_features * scale
+        self.scatter += _shift_correction(self.shifted_sum, e, local_counts)
+        self.shifted_sum.add_(e * local_counts[:, None])
+        self.shift.sub_(e)  # now the global means
+        e = self.shift_normalized - self.sum_normalized * scale
+        self._recentre_normalized(self.shifted_sum_normalized, e, local_counts)
+        self.shifted_sum_normalized.add_(e * local_counts[:, None])
+        self.shift_normalized.sub_(e)
 
     def _recentre_normalized(self, shifted_sum: Tensor, e: Tensor, counts: Tensor) -> None:
         """The normalised scatters' part of `_recentre`: pooled untracked, then per slot."""
