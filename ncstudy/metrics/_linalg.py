@@ -53,5 +53,10 @@ def psd_spectrum(matrix: Tensor, scale: float | Tensor) -> Tensor:
     """
     sym = 0.5 * (matrix + matrix.transpose(-1, -2))
     ev = torch.linalg.eigvalsh(sym).abs()
-    floor = matrix.shape[-1] * torch.finfo(matrix.dtype).eps * scale
+    floor = psd_spectrum_floor(matrix.shape[-1], matrix.dtype, scale)
     return torch.where(ev > floor, ev, torch.zeros_like(ev))
+
+
+def psd_spectrum_floor(dim: int, dtype: torch.dtype, scale: float | Tensor) -> float | Tensor:
+    """d * eps * scale: eigenvalues below it are round-off of a matrix of that scale."""
+    return dim * torch.finfo(dtype).eps * scale

@@ -23,14 +23,13 @@ def class_means(counts: Tensor, sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return present, means, global_mean
 
 
-def within_class_covariance(counts: Tensor, sums: Tensor, second_moment: Tensor) -> Tensor:
-    """Sigma_W = (1/N) sum_i (h_i - mu_y)(h_i - mu_y)^T from the raw second moment."""
-    present, means, _ = class_means(counts, sums)
-    sigma_w = (second_moment - sums[present].T @ means) / counts.sum().clamp(min=1)
+def within_class_covariance(counts: Tensor, within_scatter: Tensor) -> Tensor:
+    """Sigma_W = (1/N) sum_i (h_i - mu_y)(h_i - mu_y)^T from the centred within-class scatter."""
+    sigma_w = within_scatter / counts.sum().clamp(min=1)
     return 0.5 * (sigma_w + sigma_w.T)
 
 
-def nc1(counts: Tensor, sums: Tensor, second_moment: Tensor) -> float | None:
+def nc1(counts: Tensor, sums: Tensor, within_scatter: Tensor) -> float | None:
     """tr(Sigma_W Sigma_B^+)/K with the pseudo-inverse on the top-(K-1) range of Sigma_B."""
     present, means, global_mean = class_means(counts, sums)
     k = int(present.sum())
@@ -44,7 +43,7 @@ def nc1(counts: Tensor, sums: Tensor, second_moment: Tensor) -> float | None:
     if not bool(keep.any()):
         return None
     s, vh = s[keep], vh[keep]
-    sigma_w = within_class_covariance(counts, sums, second_moment)
+    sigma_w = within_class_covariance(counts, within_scatter)
     # Sigma_B = V diag(s^2/K) V^T, so tr(Sigma_W Sigma_B^+) = sum_i K v_i^T Sigma_W v_i / s_i^2.
     quad = ((vh @ sigma_w) * vh).sum(1)
     return float((quad * k / (s * s)).sum() / k)

@@ -53,7 +53,7 @@ def _feature_metrics(stats: NCStatistics) -> dict[str, float | None]:
     present, means, global_mean = classical.class_means(stats.counts, stats.sum_features)
     centred = means - global_mean
     return {
-        "nc1": classical.nc1(stats.counts, stats.sum_features, stats.second_moment),
+        "nc1": classical.nc1(stats.counts, stats.sum_features, stats.within_scatter),
         "nc2_equinorm_means": classical.equinorm(centred),
         "nc2_equiangle_means": classical.equiangle(centred),
         "nc2_maxangle_means": classical.maxangle(centred),
@@ -64,10 +64,10 @@ def _feature_metrics(stats: NCStatistics) -> dict[str, float | None]:
         ),
         "erank_inter": rank.erank_inter(stats.counts, stats.sum_normalized),
         "align_inst_mean": rank.align_inst_mean(
-            stats.counts, stats.sum_normalized, stats.sq_norm_normalized
+            stats.counts, stats.sum_normalized, stats.within_scatter_normalized
         ),
         "gnc1": generalized.gnc1(
-            stats.counts, stats.sum_normalized, stats.second_moment_normalized
+            stats.counts, stats.sum_normalized, stats.within_scatter_normalized
         ),
     }
 
@@ -90,7 +90,7 @@ def _weight_metrics(stats: NCStatistics, weights: Tensor) -> dict[str, float | N
         "erank_weights": rank.erank_weights(weights),
         "align_weight_mean": rank.align_weight_mean(weights, stats.counts, stats.sum_normalized),
         "align_weight_inst": rank.align_weight_inst(
-            weights, stats.counts, stats.sum_normalized, stats.sq_norm_normalized
+            weights, stats.counts, stats.sum_normalized, stats.within_scatter_normalized
         ),
         "gnc2": generalized.gnc2(weights),
         "gnc3": generalized.gnc3(w_present, centred),
@@ -126,7 +126,7 @@ def _compute(
             f"weights must have shape (num_classes, dim) = ({stats.num_classes}, {stats.dim}), "
             f"got {tuple(weights.shape)}; pass the classifier rows that belong to the loss"
         )
-    if stats.num_samples <= 0 or not _all_finite(stats.sum_features, stats.second_moment):
+    if stats.num_samples <= 0 or not _all_finite(stats.sum_features, stats.within_scatter):
         return {}
     out: dict[str, float | None]
     if with_features:

@@ -1,33 +1,40 @@
 """Generalised NC for K > d+1 (Jiang et al.): gnc1..gnc3 and the Tammes max cosine.
 
-`gnc2` is the one-vs-rest margin rho(W) = min_k dist(w^_k, conv{w^_j : j != k}); each distance is
-the minimum-norm point of a polytope, solved exactly (a finite active-set method, Wolfe 1976) as a
-QP over the simplex in the Gram matrix of the points, so d never enters the per-class cost.
+`gnc2` is the one-vs-rest margin rho(W) = min_k dist(w^_k, conv{w^_j : j != k}). Each distance
+is the minimum-norm point of the shifted polytope conv{y_j = w^_j - w^_k}, solved in its
+homogeneous form min ||v||^2 s.t. y_j . v >= 1 for all j (then dist = 1/||v||): a strictly convex
+QP in <= min(K, d) variables, solved by DAQP (a dual active-set solver), and certified: the
+solver's multipliers give a point of the hull (an upper bound on the distance) and v a
+separating direction (a lower bound); a distance is reported only when the two agree.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from ctypes import c_int
 
+import daqp
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from scipy.optimize import nnls
 from torch import Tensor
 
 from ncstudy.metrics._linalg import cosine_matrix, off_diagonal, safe_normalize
 from ncstudy.metrics.classical import nc1, row_cosines
+from ncstudy.metrics.stats import blas_threads
 
-GAP_TOL = 1e-12  # optimality gap, relative to the largest squared point norm
-# A returned point must be certified: its gap (relative) at most this. Frank-Wolfe duality bounds
-# the excess squared distance by 2 x gap, so 1e-9 leaves gnc2 exact to far below reporting
-# precision while tolerating round-off that stops Wolfe's loop above GAP_TOL.
+# Certified relative gap (upper - lower) / upper that a distance must reach to be reported.
 ACCEPT_TOL = 1e-9
-WEIGHT_TOL = 1e-10  # barycentric weights at or below this leave the active set
+# A distance whose certified upper bound is at most this is 0 (the point lies in the others' hull).
+ZERO_TOL = 1e-12
+QP_TOL = 1e-12  # DAQP's primal and dual feasibility tolerances (its defaults are 1e-6)
+QP_ITER_LIMIT = 10_000  # DAQP iterations per QP (it needs about as many as active constraints)
 
 
-def gnc1(counts: Tensor, sum_normalized: Tensor, second_moment_normalized: Tensor) -> float | None:
+def gnc1(counts: Tensor, sum_normalized: Tensor, within_scatter_normalized: Tensor) -> float | None:
     """nc1 on the L2-normalised features."""
-    return nc1(counts, sum_normalized, second_moment_normalized)
+    return nc1(counts, sum_normalized, within_scatter_normalized)
 
 
 def gnc3(weights: Tensor, centred_means: Tensor) -> float | None:
@@ -45,10 +52,10 @@ def max_cos_weights(weights: Tensor) -> float | None:
 
 
 class SolverNotOptimal(RuntimeError):
-    """The min-norm-point QP stopped without a certified optimum (its gap is too large)."""
+    """The min-norm-point QP stopped without a certified optimum (its bounds disagree)."""
 
 
-def gnc2(weights: Tensor) -> float | None:
+def gnc2(weights: Tensor, max_iter: int = QP_ITER_LIMIT) -> float | None:
     """rho_ovr(W): min over k of the distance from w^_k to the hull of the other unit rows.
 
     None (the metric is omitted) with a RuntimeWarning if any per-class QP is not certified
@@ -58,115 +65,111 @@ def gnc2(weights: Tensor) -> float | None:
     if k < 2:
         return None
     unit = safe_normalize(weights.to(torch.float64)).cpu().numpy()
-    gram = unit @ unit.T
-    # The QPs are small: BLAS threads only add overhead (and contention on a busy node).
-    rank = int(np.linalg.matrix_rank(unit)) if unit.any() else 0
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            return min(one_vs_rest_distance(gram, c, rank) for c in range(k))
+        # The QPs are small: BLAS threads only add overhead (and contention on a busy node).
+        with blas_threads(1):
+            return _min_distance(span_coordinates(unit), max_iter)
     except SolverNotOptimal as err:
         warnings.warn(f"gnc2 omitted: {err}", RuntimeWarning, stacklevel=2)
         return None
 
 
-def one_vs_rest_distance(gram: np.ndarray, k: int, rank: int) -> float:
-    """dist(p_k, conv{p_j : j != k}) given the Gram matrix of the points p (of rank `rank`)."""
-    others = np.delete(np.arange(gram.shape[0]), k)
-    cross = gram[others, k]
-    # Gram of the shifted points y_j = p_j - p_k.
-    q = gram[np.ix_(others, others)] - cross[:, None] - cross[None, :] + gram[k, k]
-    weights = simplex_min_norm(q, warm_start=gram.shape[0] <= rank + 1)
-    return float(np.sqrt(max(weights @ q @ weights, 0.0)))
+def _min_distance(points: np.ndarray, max_iter: int) -> float:
+    """min_k dist(p_k, conv(others)), classes taken by increasing lower bound 1 - max_j cos:
+    once that bound reaches the smallest distance so far, no later class can be smaller."""
+    lower = _cosine_lower_bounds(points)
+    best = float("inf")
+    for k in np.argsort(lower, kind="stable"):
+        if lower[k] >= best:
+            break
+        best = min(best, one_vs_rest_distance(points, int(k), max_iter))
+    return best
 
 
-def simplex_min_norm(
-    q: np.ndarray, warm_start: bool = True, max_iter: int | None = None
-) -> np.ndarray:
-    """argmin over the simplex of a^T Q a, for Q the Gram of points y_j (min-norm point).
+def _cosine_lower_bounds(points: np.ndarray) -> np.ndarray:
+    """1 - max_{j != k} p_k . p_j <= dist(p_k, conv(others)) for a unit p_k (every hull point
+    x has p_k . x <= that max, and ||p_k - x|| >= p_k . (p_k - x)); 0 for a zero row."""
+    gram = points @ points.T
+    np.fill_diagonal(gram, -np.inf)
+    unit = np.abs(np.einsum("ij,ij->i", points, points) - 1.0) < 1e-12
+    return np.where(unit, np.maximum(1.0 - gram.max(axis=1), 0.0), 0.0)
 
-    With `warm_start` (for K <= d+1, where the support can be large): start from the affine
-    minimiser of all points, dropping those with non-positive weights until the rest are
-    positive (near a simplex ETF that is already the answer). Otherwise (K > d+1: at most d+1
-    points in the support) start from the nearest vertex. Then Wolfe's algorithm, which stops
-    at the certified optimality gap x.x - min_j y_j.x <= tol (`max_iter` major cycles at most,
-    default 20 n + 100). Raises SolverNotOptimal if the result's gap is not below ACCEPT_TOL.
+
+def span_coordinates(points: np.ndarray) -> np.ndarray:
+    """The rows in an orthonormal basis of their span when d > K (an isometry: distances are
+    unchanged, and each QP has min(K, d) variables instead of d)."""
+    k, d = points.shape
+    if d <= k:
+        return points
+    # points^T = Q R with Q (d, K) orthonormal: points = R^T Q^T, so R^T holds the coordinates.
+    return np.linalg.qr(points.T, mode="r").T
+
+
+def one_vs_rest_distance(points: np.ndarray, k: int, max_iter: int = QP_ITER_LIMIT) -> float:
+    """dist(p_k, conv{p_j : j != k}), certified to ACCEPT_TOL (relative) or ZERO_TOL."""
+    shifted = np.delete(points, k, axis=0) - points[k]
+    lower, upper = min_norm_bounds(shifted, max_iter)
+    if upper <= ZERO_TOL or (math.isfinite(upper) and upper - lower <= ACCEPT_TOL * upper):
+        return upper
+    raise SolverNotOptimal(
+        f"the min-norm-point QP of class {k} over {len(shifted)} points is not certified: "
+        f"the distance lies in [{lower:.12g}, {upper:.12g}], a relative gap above {ACCEPT_TOL:g}"
+    )
+
+
+def min_norm_bounds(y: np.ndarray, max_iter: int = QP_ITER_LIMIT) -> tuple[float, float]:
+    """Certified (lower, upper) bounds on min{||x|| : x in conv(rows of y)}.
+
+    Solves min ||v||^2/2 s.t. y v >= 1 (DAQP). The multipliers lam >= 0 weigh a hull point
+    x = y^T lam / sum(lam) (upper bound ||x||); any direction u bounds it below by
+    min_j y_j . u / ||u|| (every hull point has that projection on u), tried for u = v and x.
+    The QP is infeasible exactly when the origin is in the hull: then a non-negative least
+    squares fit of the origin gives the upper bound and 0 the lower one.
     """
-    n = q.shape[0]
-    scale = max(float(np.max(np.diag(q))), np.finfo(np.float64).tiny)
-    iterations = 20 * n + 100 if max_iter is None else max_iter
-    support = np.arange(n) if warm_start else np.arange(0)
-    weights = None
-    while support.size:
-        alpha = _affine_min(q[np.ix_(support, support)])
-        if alpha is None:
-            break
-        if alpha.min() > WEIGHT_TOL:
-            weights = _wolfe(q, scale, iterations, list(support), alpha)
-            break
-        support = support[alpha > WEIGHT_TOL]
-    if weights is None:
-        start = int(np.argmin(np.diag(q)))
-        weights = _wolfe(q, scale, iterations, [start], np.array([1.0]))
-    gap = _gap(q, weights)
-    if not gap <= ACCEPT_TOL * scale:
-        raise SolverNotOptimal(
-            f"the min-norm-point QP over {n} points stopped with optimality gap {gap:.3g} "
-            f"(> {ACCEPT_TOL:g} x {scale:.3g}) after at most {iterations} iterations"
-        )
-    return weights
+    n, r = y.shape
+    v, _, flag, info = daqp.solve(
+        np.eye(r),
+        np.zeros(r),
+        y,
+        np.full(n, 1e30),
+        np.ones(n),
+        np.zeros(n, dtype=c_int),
+        primal_tol=QP_TOL,
+        dual_tol=QP_TOL,
+        iter_limit=max_iter,
+    )
+    if flag == -1:  # infeasible
+        return 0.0, _hull_point_norm(y, _origin_weights(y))
+    lam = info["lam"]
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(lam))):
+        return 0.0, float("inf")
+    # Whatever DAQP's status, the bounds below hold; only their agreement certifies a distance.
+    return hull_bounds(y, np.maximum(-lam, 0.0), v)  # DAQP's multipliers here are <= 0
 
 
-def _gap(q: np.ndarray, a: np.ndarray) -> float:
-    """Wolfe's optimality gap x.x - min_j y_j.x for x = sum_j a_j y_j."""
-    qa = q @ a
-    return float(a @ qa - qa.min())
+def hull_bounds(y: np.ndarray, a: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """(lower, upper) on the min norm over conv(rows of y) from any weights a >= 0 (the hull
+    point y^T a / sum(a)) and any direction v: valid whatever solver produced them."""
+    upper = _hull_point_norm(y, a)
+    return min(_separation(y, v), upper), upper
 
 
-def _affine_min(q: np.ndarray) -> np.ndarray | None:
-    """Weights (summing to 1) of the min-norm point of the affine hull of the points."""
-    n = q.shape[0]
-    kkt = np.zeros((n + 1, n + 1))
-    kkt[:n, :n] = q
-    kkt[:n, n] = kkt[n, :n] = 1.0
-    rhs = np.zeros(n + 1)
-    rhs[n] = 1.0
-    try:
-        sol = np.linalg.solve(kkt, rhs)
-    except np.linalg.LinAlgError:
-        sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    if not np.all(np.isfinite(sol)) or np.abs(sol[:n].sum() - 1.0) > 1e-8:
-        sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    return sol[:n] if np.all(np.isfinite(sol)) else None
+def _hull_point_norm(y: np.ndarray, a: np.ndarray) -> float:
+    """||y^T a / sum(a)|| for non-negative weights a (inf when they are all zero)."""
+    total = float(a.sum())
+    return float(np.linalg.norm(y.T @ (a / total))) if total > 0 else float("inf")
 
 
-def _wolfe(
-    q: np.ndarray, scale: float, max_iter: int, support: list[int], lam: np.ndarray
-) -> np.ndarray:
-    """Wolfe's minimum-norm-point algorithm on the Gram matrix q, from a positive corral."""
-    n = q.shape[0]
-    for _ in range(max_iter):
-        g = q[:, support] @ lam  # y_j . x for every point j
-        j = int(np.argmin(g))
-        if lam @ g[support] - g[j] <= GAP_TOL * scale or j in support:
-            break
-        support.append(j)
-        lam = np.append(lam, 0.0)
-        while True:  # minor cycles: move to the affine minimiser of the corral, dropping points
-            alpha = _affine_min(q[np.ix_(support, support)])
-            if alpha is None:
-                break
-            if alpha.min() > WEIGHT_TOL:
-                lam = alpha
-                break
-            neg = alpha < lam  # only coordinates that decrease can hit zero
-            ratios = np.where(neg & (alpha <= WEIGHT_TOL), lam / np.maximum(lam - alpha, 1e-300), 1)
-            theta = float(min(1.0, ratios.min()))
-            lam = theta * alpha + (1.0 - theta) * lam
-            keep = lam > WEIGHT_TOL
-            if keep.all():
-                keep[int(np.argmin(lam))] = False
-            support = [s for s, kept in zip(support, keep, strict=True) if kept]
-            lam = lam[keep] / lam[keep].sum()
-    out = np.zeros(n)
-    out[support] = lam
-    return out
+def _separation(y: np.ndarray, u: np.ndarray) -> float:
+    """max(0, min_j y_j . u / ||u||): a lower bound on the norm of every point of conv(y)."""
+    norm = float(np.linalg.norm(u))
+    return max(0.0, float((y @ u).min()) / norm) if norm > 0 else 0.0
+
+
+def _origin_weights(y: np.ndarray) -> np.ndarray:
+    """Non-negative weights a with y^T a ~ 0 and sum(a) ~ 1 (NNLS with a heavy sum row)."""
+    heavy = 1e3 * max(1.0, float(np.abs(y).max()))
+    system = np.vstack([y.T, np.full((1, len(y)), heavy)])
+    target = np.zeros(system.shape[0])
+    target[-1] = heavy
+    return nnls(system, target)[0]

@@ -1,20 +1,23 @@
 """Effective ranks and weight/feature alignments (the source paper's Table 3).
 
-All of these use the L2-normalised features z. Per-sample alignments are expanded into sums:
-sum_i ||a - z_i||^2 over a class = n ||a||^2 - 2 a . sum z + sum ||z||^2, so no sample is kept.
+All of these use the L2-normalised features z. Per-sample alignments come from centred sums:
+sum_i ||a - z_i||^2 over a class = tr(S) + n ||m - a||^2 (S the class's scatter about its mean m),
+so no sample is kept and nothing cancels near collapse.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ncstudy.metrics._linalg import (
     covariance_singular_values,
     effective_rank,
-    psd_spectrum,
+    psd_spectrum_floor,
     safe_normalize,
 )
+from ncstudy.metrics.stats import blas_threads
 
 
 def erank_intra(
@@ -22,19 +25,25 @@ def erank_intra(
 ) -> float | None:
     """Mean over the tracked classes with >= 2 samples of erank(Cov{z_i : y_i = k}).
 
-    Cov is symmetric PSD, so its singular values are |eigenvalues| (eigvalsh of d x d); a
-    collapsed class has effective rank 0. None when no tracked class has two samples.
+    Cov = S_k / n_k from the centred scatter (its lower triangle, see NCStatistics); it is
+    symmetric PSD, so its singular values are |eigenvalues|, all classes in one batched eigvalsh
+    (LAPACK through numpy, limited to torch's thread count); a collapsed class has effective
+    rank 0. None when no tracked class has two samples.
     """
-    ranks = []
-    for slot, k in enumerate(intra_classes.tolist()):
-        n = float(counts[k])
-        if n < 2:
-            continue
-        mean = sum_normalized[k] / n
-        second = scatter_normalized[slot] / n
-        cov = second - torch.outer(mean, mean)
-        ranks.append(effective_rank(psd_spectrum(cov, float(second.diagonal().sum()))))
-    return sum(ranks) / len(ranks) if ranks else None
+    n = counts[intra_classes]
+    keep = n >= 2
+    if not bool(keep.any()):
+        return None
+    scatter = scatter_normalized if bool(keep.all()) else scatter_normalized[keep]
+    with blas_threads():  # LAPACK reads the lower triangle only (UPLO="L")
+        ev = np.abs(np.linalg.eigvalsh(scatter.cpu().numpy(), UPLO="L"))
+    spectra = torch.from_numpy(ev).to(scatter.device) / n[keep][:, None]  # of Cov = S / n
+    # The scatter was accumulated about a row of the class (a typical distance from its mean):
+    # its round-off is of order eps x tr(Cov), not eps x ||mean||^2 as an uncentred one's.
+    scale = scatter.diagonal(dim1=-2, dim2=-1).sum(-1) / n[keep]
+    floor = psd_spectrum_floor(scatter.shape[-1], scatter.dtype, scale[:, None])
+    spectra = torch.where(spectra > floor, spectra, torch.zeros_like(spectra))
+    return sum(effective_rank(s) for s in spectra) / len(spectra)
 
 
 def erank_inter(counts: Tensor, sum_normalized: Tensor) -> float | None:
@@ -69,31 +78,31 @@ def align_weight_mean(weights: Tensor, counts: Tensor, sum_normalized: Tensor) -
 
 
 def _mean_sq_distance_to(
-    anchors: Tensor, counts: Tensor, sum_normalized: Tensor, sq_norm_normalized: Tensor
+    anchors: Tensor, counts: Tensor, sum_normalized: Tensor, within_scatter_normalized: Tensor
 ) -> float | None:
-    """(1/N) sum_i ||anchor_{y_i} - z_i||^2 from per-class sums (anchors: (K, d))."""
+    """(1/N) sum_i ||anchor_{y_i} - z_i||^2 = (tr(W_z) + sum_k n_k ||m_k - anchor_k||^2) / N
+    for the class means m_k of z and the pooled centred scatter W_z (anchors: (K, d))."""
     total = counts.sum()
     if float(total) <= 0:
         return None
-    per_class = (
-        counts * (anchors * anchors).sum(1)
-        - 2.0 * (anchors * sum_normalized).sum(1)
-        + sq_norm_normalized
-    )
-    return float(per_class.sum() / total)
+    means = sum_normalized / counts.clamp(min=1)[:, None]
+    offsets = counts * ((means - anchors) ** 2).sum(1)
+    return float((within_scatter_normalized.diagonal().sum() + offsets.sum()) / total)
 
 
 def align_weight_inst(
-    weights: Tensor, counts: Tensor, sum_normalized: Tensor, sq_norm_normalized: Tensor
+    weights: Tensor, counts: Tensor, sum_normalized: Tensor, within_scatter_normalized: Tensor
 ) -> float | None:
     """mean_i ||w^_{y_i} - z_i||^2."""
-    return _mean_sq_distance_to(safe_normalize(weights), counts, sum_normalized, sq_norm_normalized)
+    return _mean_sq_distance_to(
+        safe_normalize(weights), counts, sum_normalized, within_scatter_normalized
+    )
 
 
 def align_inst_mean(
-    counts: Tensor, sum_normalized: Tensor, sq_norm_normalized: Tensor
+    counts: Tensor, sum_normalized: Tensor, within_scatter_normalized: Tensor
 ) -> float | None:
     """mean_i ||z_i - mu^_{y_i}||^2."""
     return _mean_sq_distance_to(
-        safe_normalize(sum_normalized), counts, sum_normalized, sq_norm_normalized
+        safe_normalize(sum_normalized), counts, sum_normalized, within_scatter_normalized
     )

@@ -1,10 +1,19 @@
 """Sufficient statistics for the NC metrics: a streaming accumulator that all-reduces.
 
-Every metric in spec/metrics.md is a function of per-class counts and sums, two pooled second
-moments (raw and L2-normalised features), per-class sums of squared norms and, for
-`erank_intra`, per-class scatter matrices of the normalised features for a bounded, deterministic
-subset of classes. Each worker fills an accumulator over its shard; `all_reduce` sums them, so the
-result does not depend on the number of workers or on the batch size.
+Every metric in spec/metrics.md is a function of per-class counts and sums, two pooled
+within-class scatter matrices (raw and L2-normalised features), per-class sums of squared norms
+and, for `erank_intra`, per-class scatter matrices of the normalised features for a bounded,
+deterministic subset of classes. Each worker fills an accumulator over its shard; `all_reduce`
+sums them, so the result does not depend on the number of workers or on the batch size.
+
+The scatter matrices are centred, so that they keep their digits near total collapse (class
+means at an offset of 10 or 100 with a within-class spread of 1e-6): each class's rows are
+shifted by a row of that class seen first on this worker (close to the class mean, so nothing
+cancels), and the mean is taken out exactly at the end, W = P - T T^T / n for the shifted scatter
+P and shifted sum T. `all_reduce` first sums the counts and sums, then moves every worker's
+shifted statistics to the global class means (a correction of the order of the spread) and sums
+those: one pass over the data, two rounds of all-reduce. The scatter products are symmetric:
+on CPU they are accumulated on the lower triangle only (BLAS syrk, half the flops of a gemm).
 
 nc4 needs the class means of the very pass that it scores. The accumulator therefore caches the
 raw features (in their incoming dtype, so nothing is lost) and the predictions while they fit in
@@ -24,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg.blas import dsyrk
+from threadpoolctl import ThreadpoolController
 from torch import Tensor
 
 
@@ -35,12 +46,14 @@ class NCStatistics:
     dim: int
     counts: Tensor  # (K,) samples per class
     sum_features: Tensor  # (K, d) sum of h per class
-    second_moment: Tensor  # (d, d) sum over all samples of h h^T
+    within_scatter: Tensor  # (d, d) sum over all samples of (h - mu_y)(h - mu_y)^T
     sum_normalized: Tensor  # (K, d) sum of z = h/||h|| per class
-    second_moment_normalized: Tensor  # (d, d) sum over all samples of z z^T
+    within_scatter_normalized: Tensor  # (d, d) the same for z about its class means
     sq_norm_normalized: Tensor  # (K,) sum of ||z||^2 per class (1 per nonzero feature)
     intra_classes: Tensor  # (m,) class ids that have a scatter matrix
-    scatter_normalized: Tensor  # (m, d, d) sum of z z^T per tracked class
+    # (m, d, d) sum of (z - mean)(z - mean)^T per tracked class, in the LOWER triangle (the
+    # upper one is not that of the matrix: symmetrising 100 of them costs more than the rest)
+    scatter_normalized: Tensor
     nc4_mismatches: float | None = None  # predictions != nearest class mean
     nc4_samples: float | None = None  # samples that carried a prediction
     nc4_source: str | None = None  # "exact" (same-pass means), "reference" (given means),
@@ -66,6 +79,45 @@ def all_reduce_in_place(tensor: Tensor, group: Any = None) -> None:
         dist.all_reduce(flat[start : start + REDUCE_CHUNK_ELEMENTS], group=group)
 
 
+_BLAS: ThreadpoolController | None = None
+
+
+def blas_threads(limit: int | None = None) -> Any:
+    """A context that limits the BLAS libraries numpy/scipy load to `limit` threads (default:
+    torch's count; their own default is every core, which oversubscribes a worker that torch
+    keeps to fewer). The controller is built once: building one scans every loaded library."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=limit or torch.get_num_threads(), user_api="blas")
+
+
+def add_gram(out: Tensor, rows: Tensor) -> None:
+    """out += rows^T rows on (at least) the lower triangle; read it with `symmetric_from_lower`.
+
+    A float64 CPU product goes through BLAS syrk (the lower triangle only, half the flops of a
+    gemm); anything else through torch's addmm (the full matrix).
+    """
+    if out.device.type == "cpu" and out.dtype == rows.dtype == torch.float64:
+        c = out.numpy().T  # Fortran order: its upper triangle is out's lower one
+        with blas_threads():
+            res = dsyrk(1.0, rows.contiguous().numpy().T, beta=1.0, c=c, trans=0, overwrite_c=1)
+        if not np.shares_memory(res, c):  # scipy copied (never for a contiguous out)
+            c[...] = res
+    else:
+        out.addmm_(rows.T, rows)
+
+
+def symmetric_from_lower(matrix: Tensor) -> Tensor:
+    """The symmetric matrix (or batch) whose lower triangle is that of `matrix`."""
+    return torch.tril(matrix) + torch.tril(matrix, -1).transpose(-1, -2)
+
+
+def _outer_sum(a: Tensor, b: Tensor, weights: Tensor | None = None) -> Tensor:
+    """sum_k w_k a_k b_k^T for rows a_k, b_k (K, d): a (d, d) matrix."""
+    return (a if weights is None else a * weights[:, None]).T @ b
+
+
 def intra_class_subset(num_classes: int, max_intra_classes: int) -> Tensor:
     """The classes that get a scatter matrix: all, or `max_intra_classes` evenly spaced ids."""
     if max_intra_classes < 0:
@@ -80,7 +132,7 @@ class NCAccumulator:
     """Streaming, all-reducible accumulator of the NC sufficient statistics over one pass.
 
     Use once per pass: update() per batch, all_reduce() on every rank, then statistics().
-    Memory: 2 (K d + d^2) + m d^2 floats (m = min(K, max_intra_classes) tracked classes,
+    Memory: 7 K d + 2 d^2 + m d^2 floats (m = min(K, max_intra_classes) tracked classes,
     evenly spaced over the class ids), a buffer of 64 m rows, and the nc4 cache (capped).
     """
 
@@ -105,11 +157,18 @@ class NCAccumulator:
         K, d, kw = num_classes, dim, {"device": self.device, "dtype": dtype}
         self.counts = torch.zeros(K, **kw)
         self.sum_features = torch.zeros(K, d, **kw)
-        self.second_moment = torch.zeros(d, d, **kw)
         self.sum_normalized = torch.zeros(K, d, **kw)
         self.sq_norm_normalized = torch.zeros(K, **kw)
-        # z z^T of the untracked classes only; tracked ones live in scatter_normalized.
-        self._moment_normalized_untracked = torch.zeros(d, d, **kw)
+        # Per-class shifts (a row of the class seen first here), the shifted sums, and the
+        # shifted scatters: raw pooled, normalised pooled over the untracked classes, and
+        # normalised per tracked class (lower triangles, see add_gram).
+        self._has_shift = torch.zeros(K, dtype=torch.bool, device=self.device)
+        self.shift = torch.zeros(K, d, **kw)
+        self.shift_normalized = torch.zeros(K, d, **kw)
+        self.shifted_sum = torch.zeros(K, d, **kw)
+        self.shifted_sum_normalized = torch.zeros(K, d, **kw)
+        self.scatter = torch.zeros(d, d, **kw)
+        self._scatter_normalized_untracked = torch.zeros(d, d, **kw)
         self.intra_classes = intra_class_subset(K, max_intra_classes).to(self.device)
         self.scatter_normalized = torch.zeros(len(self.intra_classes), d, d, **kw)
         # Tracked rows wait here until about `scatter_buffer_rows_per_class` per class.
@@ -118,6 +177,7 @@ class NCAccumulator:
         self._flush_rows = max(1, scatter_buffer_rows_per_class * len(self.intra_classes))
         self._slot = torch.full((K,), -1, dtype=torch.long, device=self.device)
         self._slot[self.intra_classes] = torch.arange(len(self.intra_classes), device=self.device)
+        self._tracked = self._slot >= 0
 
         if reference_means is not None and tuple(reference_means.shape) != (K, d):
             raise ValueError(
@@ -136,10 +196,10 @@ class NCAccumulator:
         self._reduced = False
         self._frozen = False  # set by statistics(), which hands out the tensors without copies
         self._nc4_result: tuple[float | None, float | None, str | None] = (None, None, None)
+        self._result: NCStatistics | None = None
 
-    @torch.no_grad()
-    def update(self, features: Tensor, labels: Tensor, predictions: Tensor | None = None) -> None:
-        """Add one batch: un-normalised features (B, d), labels (B,), optional predictions (B,)."""
+    def _check_batch(self, features: Tensor, labels: Tensor, predictions: Tensor | None) -> None:
+        """Raise a ValueError naming the field when a batch does not fit this accumulator."""
         if self._reduced or self._frozen:
             raise RuntimeError(
                 "update() after all_reduce() or statistics(): start a new NCAccumulator per pass"
@@ -152,6 +212,11 @@ class NCAccumulator:
             raise ValueError(f"labels must have shape ({features.shape[0]},), got {labels.shape}")
         if predictions is not None and predictions.shape != labels.shape:
             raise ValueError(f"predictions must have shape {labels.shape}, got {predictions.shape}")
+
+    @torch.no_grad()
+    def update(self, features: Tensor, labels: Tensor, predictions: Tensor | None = None) -> None:
+        """Add one batch: un-normalised features (B, d), labels (B,), optional predictions (B,)."""
+        self._check_batch(features, labels, predictions)
         if features.shape[0] == 0:
             return
         labels = labels.to(self.device, torch.long)
@@ -160,32 +225,50 @@ class NCAccumulator:
         raw = features.detach().to(self.device)
         h = raw.to(self.dtype)
         z = F.normalize(h, dim=1)
+        self._set_shifts(h, z, labels)
+        hc = h - self.shift[labels]
+        zc = z - self.shift_normalized[labels]
         self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.dtype))
         self.sum_features.index_add_(0, labels, h)
         self.sum_normalized.index_add_(0, labels, z)
+        self.shifted_sum.index_add_(0, labels, hc)
+        self.shifted_sum_normalized.index_add_(0, labels, zc)
         self.sq_norm_normalized.index_add_(0, labels, (z * z).sum(1))
-        self.second_moment.addmm_(h.T, h)
-        self._add_normalized_scatter(z, labels)
+        add_gram(self.scatter, hc)
+        self._add_normalized_scatter(zc, labels)
         if predictions is not None:
             self._add_predictions(raw, h, predictions.to(self.device, torch.long))
 
-    def _add_normalized_scatter(self, z: Tensor, labels: Tensor) -> None:
-        """Untracked rows go into one pooled moment; tracked rows are buffered per class."""
+    def _set_shifts(self, h: Tensor, z: Tensor, labels: Tensor) -> None:
+        """Classes seen for the first time take their first row of this batch as their shift."""
+        new = ~self._has_shift[labels]
+        if not bool(new.any()):
+            return
+        rows = torch.nonzero(new).squeeze(1)
+        first = torch.full((self.num_classes,), len(labels), device=self.device)
+        first.scatter_reduce_(0, labels[rows], rows, reduce="amin")
+        classes = torch.nonzero(first < len(labels)).squeeze(1)
+        self.shift[classes] = h[first[classes]]
+        self.shift_normalized[classes] = z[first[classes]]
+        self._has_shift[classes] = True
+
+    def _add_normalized_scatter(self, zc: Tensor, labels: Tensor) -> None:
+        """Untracked rows go into one pooled scatter; tracked rows are buffered per class."""
         slots = self._slot[labels]
         untracked = slots < 0
-        if bool(untracked.any()):
-            zu = z[untracked]
-            self._moment_normalized_untracked.addmm_(zu.T, zu)
-        tracked = ~untracked
-        if not bool(tracked.any()):
+        if bool(untracked.all()):
+            add_gram(self._scatter_normalized_untracked, zc)
             return
-        self._pending.append((slots[tracked], z[tracked]))
+        if bool(untracked.any()):
+            add_gram(self._scatter_normalized_untracked, zc[untracked])
+        tracked = ~untracked
+        self._pending.append((slots[tracked], zc[tracked]))
         self._pending_rows += int(tracked.sum())
         if self._pending_rows >= self._flush_rows:
             self._flush_scatter()
 
     def _flush_scatter(self) -> None:
-        """Add the buffered tracked rows: one z^T z per class, so each d x d update covers
+        """Add the buffered tracked rows: one product per class, so each d x d update covers
         many samples (a per-batch update would be memory-bound at ~B/K rows per class)."""
         if not self._pending:
             return
@@ -196,7 +279,7 @@ class NCAccumulator:
         slots, zt = slots[order], zt[order]
         present, sizes = torch.unique_consecutive(slots, return_counts=True)
         for slot, block in zip(present.tolist(), torch.split(zt, sizes.tolist()), strict=True):
-            self.scatter_normalized[slot].addmm_(block.T, block)
+            add_gram(self.scatter_normalized[slot], block)
 
     def _add_predictions(self, raw: Tensor, h: Tensor, predictions: Tensor) -> None:
         """Cache features for exact nc4; score against reference means when those were given."""
@@ -238,6 +321,7 @@ class NCAccumulator:
         # would double it: ~3.4 GB of scatter at d = 2048 with 100 tracked classes).
         flag = torch.tensor([1.0 if self._cache_overflowed else 0.0], device=self.device)
         small = [self.counts, self.sq_norm_normalized, self._reference_counts, flag.to(self.dtype)]
+        local_counts = self.counts.clone()
         packed = torch.cat(small)
         dist.all_reduce(packed, group=group)
         offset = 0
@@ -245,11 +329,15 @@ class NCAccumulator:
             t.copy_(packed[offset : offset + t.numel()])
             offset += t.numel()
         overflowed_anywhere = float(packed[-1]) > 0
+        all_reduce_in_place(self.sum_features, group)
+        all_reduce_in_place(self.sum_normalized, group)
+        # Every rank moves its shifted statistics to the same (global) class means, then sums.
+        self._recentre(local_counts)
         for t in (
-            self.sum_features,
-            self.sum_normalized,
-            self.second_moment,
-            self._moment_normalized_untracked,
+            self.shifted_sum,
+            self.shifted_sum_normalized,
+            self.scatter,
+            self._scatter_normalized_untracked,
             self.scatter_normalized,
         ):
             all_reduce_in_place(t, group)
@@ -262,6 +350,32 @@ class NCAccumulator:
                 self._nc4_reduced = (float(local[0]), float(local[1]), "exact")
         self._cache_overflowed = self._cache_overflowed or overflowed_anywhere
         self._cache, self._cache_bytes = [], 0
+
+    def _recentre(self, local_counts: Tensor) -> None:
+        """Move this rank's shifted sums and scatters to the reduced class means: for a shift c
+        and mean mu, sum (x - mu)(x - mu)^T = P + T e^T + e T^T + n e e^T with e = c - mu, and
+        sum (x - mu) = T + n e. e is of the order of the within-class spread: nothing cancels."""
+        scale = 1.0 / self.counts.clamp(min=1)[:, None]
+        e = self.shift - self.sum_features * scale
+        self.scatter += _shift_correction(self.shifted_sum, e, local_counts)
+        self.shifted_sum.add_(e * local_counts[:, None])
+        self.shift.sub_(e)  # now the global means
+        e = self.shift_normalized - self.sum_normalized * scale
+        self._recentre_normalized(self.shifted_sum_normalized, e, local_counts)
+        self.shifted_sum_normalized.add_(e * local_counts[:, None])
+        self.shift_normalized.sub_(e)
+
+    def _recentre_normalized(self, shifted_sum: Tensor, e: Tensor, counts: Tensor) -> None:
+        """The normalised scatters' part of `_recentre`: pooled untracked, then per slot."""
+        untracked = ~self._tracked
+        self._scatter_normalized_untracked += _shift_correction(
+            shifted_sum[untracked], e[untracked], counts[untracked]
+        )
+        ids = self.intra_classes
+        t, f, n = shifted_sum[ids], e[ids], counts[ids]
+        self.scatter_normalized += (
+            t[:, :, None] * f[:, None, :] + f[:, :, None] * t[:, None, :]
+        ) + n[:, None, None] * f[:, :, None] * f[:, None, :]
 
     def _nc4(self) -> tuple[float | None, float | None, str | None]:
         """nc4 counts: exact from the cache when possible, else from the reference means."""
@@ -278,31 +392,54 @@ class NCAccumulator:
     def statistics(self) -> NCStatistics:
         """The (reduced, if all_reduce ran) sufficient statistics; ends the pass.
 
-        The tensors are handed over without copies (the scatter is up to m d^2 floats), so the
-        accumulator refuses further update()/all_reduce() calls afterwards.
+        The scatters are centred in place (they are up to m d^2 floats) and handed over without
+        copies, so the accumulator refuses further update()/all_reduce() calls afterwards.
         """
+        if self._result is not None:
+            return self._result
         self._flush_scatter()
-        if not self._frozen:
-            self._nc4_result = self._nc4()
-            self._cache, self._cache_bytes = [], 0
-        mismatches, samples, source = self._nc4_result
+        self._nc4_result = self._nc4()
+        self._cache, self._cache_bytes = [], 0
         self._frozen = True
-        return NCStatistics(
+        mismatches, samples, source = self._nc4_result
+        within, untracked, per_class = self._centred_scatters()
+        self._result = NCStatistics(
             num_classes=self.num_classes,
             dim=self.dim,
             counts=self.counts,
             sum_features=self.sum_features,
-            second_moment=self.second_moment,
+            within_scatter=within,
             sum_normalized=self.sum_normalized,
-            second_moment_normalized=self._moment_normalized_untracked
-            + self.scatter_normalized.sum(0),
+            within_scatter_normalized=untracked + symmetric_from_lower(per_class.sum(0)),
             sq_norm_normalized=self.sq_norm_normalized,
             intra_classes=self.intra_classes,
-            scatter_normalized=self.scatter_normalized,
+            scatter_normalized=per_class,
             nc4_mismatches=mismatches,
             nc4_samples=samples,
             nc4_source=source,
         )
+        return self._result
+
+    def _centred_scatters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """W = P - sum_k T_k T_k^T / n_k for the raw pooled, the normalised untracked pooled (both
+        made symmetric) and, in place, the normalised per-class scatters (lower triangles)."""
+        inv = 1.0 / self.counts.clamp(min=1)
+        t, tz = self.shifted_sum, self.shifted_sum_normalized
+        within = symmetric_from_lower(self.scatter) - _outer_sum(t, t, inv)
+        untracked = ~self._tracked
+        pooled = symmetric_from_lower(self._scatter_normalized_untracked) - _outer_sum(
+            tz[untracked], tz[untracked], inv[untracked]
+        )
+        per_class = self.scatter_normalized
+        for slot, k in enumerate(self.intra_classes.tolist()):
+            per_class[slot].sub_(torch.outer(tz[k], tz[k]), alpha=float(inv[k]))
+        return within, pooled, per_class
+
+
+def _shift_correction(shifted_sum: Tensor, e: Tensor, counts: Tensor) -> Tensor:
+    """sum_k T_k e_k^T + e_k T_k^T + n_k e_k e_k^T (see NCAccumulator._recentre)."""
+    cross = _outer_sum(shifted_sum, e)
+    return cross + cross.T + _outer_sum(e, e, counts)
 
 
 def nearest_class_mean(features: Tensor, means: Tensor, valid: Tensor) -> Tensor:

@@ -97,8 +97,10 @@ def _large(acc: NCAccumulator) -> list[torch.Tensor]:
     return [
         acc.sum_features,
         acc.sum_normalized,
-        acc.second_moment,
-        acc._moment_normalized_untracked,
+        acc.shifted_sum,
+        acc.shifted_sum_normalized,
+        acc.scatter,
+        acc._scatter_normalized_untracked,
         acc.scatter_normalized,
     ]
 

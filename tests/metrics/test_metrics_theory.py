@@ -233,32 +233,3 @@ def test_information_metrics_paper_variant_with_a_nonzero_global_mean() -> None:
     assert m["mir_paper"] == pytest.approx(mi / min(h_w, h_m), rel=1e-10)
     assert m["hdr_paper"] == pytest.approx(abs(h_w - h_m) / max(h_w, h_m), rel=1e-10)
     assert m["hdr_paper"] > 0.3  # the paper's centring leaves HDR far from 0 here
-
-
-def test_gnc2_solver_must_certify_optimality(monkeypatch) -> None:
-    from ncstudy.metrics import generalized
-
-    rng = np.random.default_rng(0)
-    points = rng.normal(size=(12, 3))
-    q = points @ points.T + 2.0  # shifted Gram: the hull's min-norm point is not a vertex
-    weights = generalized.simplex_min_norm(q, warm_start=False)
-    assert generalized._gap(q, weights) <= generalized.ACCEPT_TOL * np.max(np.diag(q))
-    with pytest.raises(generalized.SolverNotOptimal, match="optimality gap"):
-        generalized.simplex_min_norm(q, warm_start=False, max_iter=1)
-
-    # gnc2 never reports an uncertified distance: it warns and the metric is omitted.
-    def stuck(q, scale, max_iter, support, lam):  # noqa: ANN001, ANN202
-        out = np.zeros(q.shape[0])
-        out[support] = lam
-        return out
-
-    monkeypatch.setattr(generalized, "_wolfe", stuck)
-    w = torch.from_numpy(rng.normal(size=(12, 3)))
-    with pytest.warns(RuntimeWarning, match="gnc2 omitted"):
-        assert gnc2(w) is None
-    labels = torch.arange(12).repeat(2)
-    acc = NCAccumulator(12, 3)
-    acc.update(w[labels] + 0.1 * torch.randn(24, 3, dtype=torch.float64), labels)
-    with pytest.warns(RuntimeWarning, match="gnc2 omitted"):
-        m = compute_nc_metrics(acc.statistics(), w)
-    assert "gnc2" not in m and "nc3" in m
