@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data_prep.write_beton import official_sources, write_beton
+from ncstudy.config import DatasetSpec
 from ncstudy.data import build_data
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
-from ncstudy.config import DatasetSpec
 from ncstudy.train import MultiView
 
 

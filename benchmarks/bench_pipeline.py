@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ncstudy.config import expand, parse_study
 from ncstudy.context import LocalContext
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
-from ncstudy.config import expand, parse_study
 from ncstudy.train import train_loop
 
 

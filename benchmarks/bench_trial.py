@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ncstudy.context import LocalContext
 from ncstudy.config import expand, parse_study
+from ncstudy.context import LocalContext
 
 
 def make_study(
