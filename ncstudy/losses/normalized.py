@@ -54,21 +54,21 @@ def _anchor_rows(anchor_rows: Tensor | None, anchor_cols: Tensor) -> Tensor:
 
 
 class _RowContrast(torch.autograd.Function):
-    """Per anchor a: logsumexp_j (c[r_a, j] / tau over allowed j) - c[r_a, col_a] / tau.
+    """Per anchor a: logsumexp_j (c[r_a, j] / tau over j not excluded) - c[r_a, col_a] / tau.
 
     c holds cosines (rows: class weights, columns: pool members). The log-sum-exp runs once per
     row (it depends on the class only); the backward is one pass over c: grad_c[r, j] =
     (sum_{a: r_a = r} g_a) softmax_r(j) / tau - sum_{a: (r_a, col_a) = (r, j)} g_a / tau.
-    A row with no allowed member gets a finite value and a zero gradient (callers drop it).
+    A row with every member excluded gets a finite value and a zero gradient (callers drop it).
     """
 
     @staticmethod
-    def forward(ctx, cos, allowed, rows, cols, tau):  # type: ignore[override]
-        masked = cos if allowed is None else cos.masked_fill(~allowed, float("-inf"))
-        # cosines are >= -1, so -2 only replaces the -inf max of a row with nothing allowed
+    def forward(ctx, cos, excluded, rows, cols, tau):  # type: ignore[override]
+        masked = cos if excluded is None else cos.masked_fill(excluded, float("-inf"))
+        # cosines are >= -1, so -2 only replaces the -inf max of a row with everything excluded
         top = masked.amax(dim=1, keepdim=True).clamp_min_(-2.0)
         exp = masked.sub(top).div_(tau).exp_()
-        # an allowed row holds exp(0) = 1, so the clamp only touches rows with nothing allowed
+        # any other row holds exp(0) = 1, so the clamp only touches rows with everything excluded
         total = exp.sum(dim=1, keepdim=True).clamp_min_(1.0)
         log_denominator = (top / tau + total.log()).squeeze(1)
         ctx.save_for_backward(exp, total, rows, cols)
@@ -116,9 +116,9 @@ def nonl_anchor_losses(
     has no other-class pool member is invalid (dropped).
     """
     rows = _anchor_rows(anchor_rows, anchor_cols)
-    negatives = row_labels[:, None] != y_pool[None, :]
-    losses = _RowContrast.apply(w_rows @ z_pool.T, negatives, rows, anchor_cols, tau)
-    valid = negatives.any(dim=1)[rows]
+    same = row_labels[:, None] == y_pool[None, :]
+    losses = _RowContrast.apply(w_rows @ z_pool.T, same, rows, anchor_cols, tau)
+    valid = ~same.all(dim=1)[rows]
     return losses[valid], valid
 
 
@@ -195,12 +195,13 @@ class _ClassToInstanceLoss(NormalizedClassifierLoss):
             queue_z, queue_y = self.queue.contents()
             z_pool, y_pool = torch.cat([z_pool, queue_z]), torch.cat([y_pool, queue_y])
         w = self.head.normalized()
-        cols = batch.offset + torch.arange(z.shape[0], device=z.device)
+        cols = torch.arange(batch.offset, batch.offset + z.shape[0], device=z.device)
         classes, anchor_rows = self._class_rows(y)
         w_rows = w if classes is None else w[classes]
         row_labels = torch.arange(self.num_classes, device=y.device) if classes is None else classes
         losses = self.anchor_losses(w_rows, z_pool, row_labels, y_pool, cols, anchor_rows)
-        num_valid = self.num_valid(batch.y, y_pool)
+        # one worker: the valid anchors are the ones anchor_losses kept (no recount)
+        num_valid = losses.numel() if batch.world_size == 1 else self.num_valid(batch.y, y_pool)
         if self.training:
             self.queue.push(batch.z, batch.y)
         graph = lambda: batch.z.sum() + w.sum()  # built only if nothing is valid
