@@ -36,7 +36,11 @@ def traced_entry(config: dict) -> None:
     from ncstudy import train as worker_module
 
     stamps["worker_imported_ncstudy_train"] = _time.time()
-    worker_module.ray_train_entry(config)
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.runcall(worker_module.ray_train_entry, config)
+    profile.dump_stats(str(TRACE.with_suffix(".prof")))
     stamps["worker_done"] = _time.time()
     with open(TRACE, "a") as f:
         f.write(_json.dumps(stamps) + "\n")
@@ -97,6 +101,18 @@ def timeline_summary(t0: float, path: Path) -> list[tuple[float, float, str]]:
     return sorted(rows)
 
 
+def print_profile(path: Path, top: int = 14) -> None:
+    """The worker entry's heaviest calls (cumulative seconds, cProfile in the worker)."""
+    import io
+    import pstats
+
+    text = io.StringIO()
+    pstats.Stats(str(path), stream=text).sort_stats("cumulative").print_stats(top)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    for line in lines[-top:]:
+        print(f"   worker profile {line}")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -147,6 +163,7 @@ def main() -> None:
         print(f"-- round {r} ({args.workers} worker(s), MLflow {'off' if run is None else 'on'})")
         for name, value in sorted(stamps.items(), key=lambda kv: kv[1]):
             print(f"   {name:34s} {value:7.2f} s after fit() was called")
+        print_profile(TRACE.with_suffix(".prof"))
         events = timeline_summary(t0, out / f"timeline{r}.json")
         for start, dur, name in events:
             if dur >= 0.2:
