@@ -1,5 +1,6 @@
 """ncstudy's normface / ntce / nonl against the source paper's own losses.py, forward+backward
-time per step on the same inputs, interleaved step by step (robust to load from other jobs).
+time per step on the same inputs, interleaved step by step in a shuffled order (robust to
+load from other jobs and to which case runs before which).
 
 The authors' file is loaded at run time from the folder given (never copied into the repo):
 
@@ -76,8 +77,12 @@ def main() -> None:
     y = torch.randint(0, args.classes, (args.batch,), generator=gen)
     steps = cases(load_authors(args.anchors), h, y, args.dim, args.classes, args.tau)
     times: dict[str, list[float]] = {label: [] for label in steps}
-    for i in range(args.steps + 5):  # round-robin: every case sees the same load
-        for label, step in steps.items():
+    labels, order = list(steps), torch.Generator().manual_seed(1)
+    for i in range(args.steps + 5):
+        # every case sees the same load; a fresh order each round, so no case always follows
+        # the same neighbour (a heavy step before a light one leaves it a colder cache)
+        for j in torch.randperm(len(labels), generator=order).tolist():
+            label, step = labels[j], steps[labels[j]]
             start = time.perf_counter()
             step()
             if i >= 5:

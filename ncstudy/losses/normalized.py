@@ -64,7 +64,13 @@ class _RowContrast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cos, excluded, rows, cols, tau):  # type: ignore[override]
-        masked = cos if excluded is None else cos.masked_fill(excluded, float("-inf"))
+        # excluded: None, a boolean mask like cos, or (row, column) indices of the entries
+        if excluded is None:
+            masked = cos
+        elif isinstance(excluded, tuple):
+            masked = cos.index_put(excluded, cos.new_tensor(float("-inf")))
+        else:
+            masked = cos.masked_fill(excluded, float("-inf"))
         # cosines are >= -1, so -2 only replaces the -inf max of a row with everything excluded
         top = masked.amax(dim=1, keepdim=True).clamp_min_(-2.0)
         exp = masked.sub(top).div_(tau).exp_()
@@ -104,7 +110,7 @@ def ntce_anchor_losses(
 def nonl_anchor_losses(
     w_rows: Tensor,
     z_pool: Tensor,
-    row_labels: Tensor,
+    row_labels: Tensor | None,
     y_pool: Tensor,
     anchor_cols: Tensor,
     tau: float,
@@ -112,13 +118,22 @@ def nonl_anchor_losses(
 ) -> tuple[Tensor, Tensor]:
     """NONL per valid anchor: -S_ii + logsumexp over other-class pool members; and the mask.
 
-    Rows as in ntce_anchor_losses; row_labels[r] is the class of row r. An anchor whose class
-    has no other-class pool member is invalid (dropped).
+    Rows as in ntce_anchor_losses; row_labels[r] is the class of row r (None: row r is class r,
+    all classes, so pool member j is excluded from row y_j alone: no R x N mask). An anchor
+    whose class has no other-class pool member is invalid (dropped).
     """
     rows = _anchor_rows(anchor_rows, anchor_cols)
-    same = row_labels[:, None] == y_pool[None, :]
-    losses = _RowContrast.apply(w_rows @ z_pool.T, same, rows, anchor_cols, tau)
-    valid = ~same.all(dim=1)[rows]
+    if row_labels is None:
+        columns = torch.arange(y_pool.numel(), device=y_pool.device)
+        excluded: Tensor | tuple[Tensor, Tensor] = (y_pool, columns)
+        row_valid = torch.bincount(y_pool, minlength=w_rows.shape[0]) < y_pool.numel()
+    else:
+        excluded = row_labels[:, None] == y_pool[None, :]
+        row_valid = ~excluded.all(dim=1)
+    losses = _RowContrast.apply(w_rows @ z_pool.T, excluded, rows, anchor_cols, tau)
+    valid = row_valid[rows]
+    if bool(valid.all()):  # the usual case: no selection (and no gradient scatter for it)
+        return losses, valid
     return losses[valid], valid
 
 
@@ -198,8 +213,7 @@ class _ClassToInstanceLoss(NormalizedClassifierLoss):
         cols = torch.arange(batch.offset, batch.offset + z.shape[0], device=z.device)
         classes, anchor_rows = self._class_rows(y)
         w_rows = w if classes is None else w[classes]
-        row_labels = torch.arange(self.num_classes, device=y.device) if classes is None else classes
-        losses = self.anchor_losses(w_rows, z_pool, row_labels, y_pool, cols, anchor_rows)
+        losses = self.anchor_losses(w_rows, z_pool, classes, y_pool, cols, anchor_rows)
         # one worker: the valid anchors are the ones anchor_losses kept (no recount)
         num_valid = losses.numel() if batch.world_size == 1 else self.num_valid(batch.y, y_pool)
         if self.training:
@@ -220,7 +234,8 @@ class _ClassToInstanceLoss(NormalizedClassifierLoss):
         return torch.unique(y, return_inverse=True)
 
     def anchor_losses(self, w_rows, z_pool, row_labels, y_pool, cols, anchor_rows) -> Tensor:
-        """Losses of the valid local anchors (anchor i uses class row anchor_rows[i])."""
+        """Losses of the valid local anchors (anchor i uses class row anchor_rows[i]); row r is
+        class row_labels[r], or class r when row_labels is None (all K rows)."""
         raise NotImplementedError
 
     def num_valid(self, y_batch: Tensor, y_pool: Tensor) -> int:

@@ -90,6 +90,26 @@ def test_nonl_row_without_negatives_is_dropped_with_zero_gradient() -> None:
     assert torch.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("one_class_pool", [False, True])
+def test_nonl_all_class_rows_by_index_match_the_mask(one_class_pool: bool) -> None:
+    """row_labels None (row r is class r: exclusion by index) equals the explicit mask path."""
+    gen = torch.Generator().manual_seed(7)
+    k, n, d = 6, 20, 5
+    y_pool = torch.zeros(n, dtype=torch.long) if one_class_pool else torch.randint(0, k, (n,))
+    cols = torch.arange(0, n, 2)
+    w = F.normalize(torch.randn(k, d, generator=gen, dtype=torch.float64), dim=1)
+    z = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=1)
+    z.requires_grad_(True)
+    rows = y_pool[cols]
+    fast, valid = nonl_anchor_losses(w, z, None, y_pool, cols, 0.2, rows)
+    masked, valid_ref = nonl_anchor_losses(w, z, torch.arange(k), y_pool, cols, 0.2, rows)
+    assert torch.equal(valid, valid_ref) and valid.any() != one_class_pool
+    torch.testing.assert_close(fast, masked, rtol=1e-14, atol=1e-14)
+    if not one_class_pool:
+        grads = [torch.autograd.grad(x.sum(), z)[0] for x in (fast, masked)]
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-13, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["ntce", "nonl"])
 def test_all_class_rows_and_present_class_rows_agree(name: str) -> None:
     """K <= B/2 contrasts all K rows; more classes contrast only the present ones."""
