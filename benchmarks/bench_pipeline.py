@@ -21,15 +21,25 @@ from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
 from ncstudy.train import train_loop
 
 
-def study(root: Path, model: dict, epochs: int, batch: int, **dataset: object) -> dict:
+def study(
+    root: Path,
+    model: dict,
+    epochs: int,
+    batch: int,
+    *,
+    resources: dict | None = None,
+    amp: bool = False,
+    **dataset: object,
+) -> dict:
+    """A one-trial CE study on the extracted CIFAR-10 copy (resources: overrides, e.g. GPUs)."""
     return {
         "name": "pipeline",
         "dataset": {"name": "cifar10_jpeg", "root": str(root), "val_fraction": 0.1, **dataset},
         "model": model,
-        "train": {"epochs": epochs, "lr": 0.1},
+        "train": {"epochs": epochs, "lr": 0.1, "amp": amp},
         "losses": [{"name": "ce"}],
         "grid": {"batch_size": [batch]},
-        "resources": {"cpus_per_worker": 2},
+        "resources": {"cpus_per_worker": 2, **(resources or {})},
         "evaluation": {"every": epochs, "nc_metrics": False},
     }
 
@@ -42,27 +52,41 @@ def loop_rate(spec: dict) -> float:
     return sum(rates[1:]) / len(rates[1:])
 
 
-def bare_rate(spec: dict, steps: int) -> float:
-    """Samples/s of forward + backward + SGD on random in-memory tensors of the same shape."""
+def bare_rate(spec: dict, steps: int, device: str = "cpu", amp: bool = False) -> float:
+    """Samples/s of forward + backward + SGD on random tensors of the same shape, resident on
+    the device (the compute limit); with `amp` as the worker loop runs it (autocast + scaler)."""
     from ncstudy.losses import build_loss
     from ncstudy.models import build_model
 
+    dev = torch.device(device)
     trial = expand(parse_study(spec))[0]
-    encoder = build_model(trial.model, (3, 32, 32))
-    loss = build_loss("ce", {}, feature_dim=encoder.feature_dim, num_classes=10)
+    encoder = build_model(trial.model, (3, 32, 32)).to(dev)
+    loss = build_loss("ce", {}, feature_dim=encoder.feature_dim, num_classes=10).to(dev)
     params = list(encoder.parameters()) + list(loss.parameters())
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    x = torch.randn(trial.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (trial.batch_size,))
+    use_amp = amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    x = torch.randn(trial.batch_size, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (trial.batch_size,), device=dev)
     encoder.train()
     for i in range(steps + 2):
         if i == 2:
+            sync(dev)
             start = time.perf_counter()
-        out = loss(encoder(x), y)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+        with torch.autocast(device_type=dev.type, enabled=use_amp):
+            out = loss(encoder(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(out.loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    sync(dev)
     return steps * trial.batch_size / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so wall clocks time the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:

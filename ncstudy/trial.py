@@ -71,7 +71,7 @@ def _train_with_ray_train(trial: TrialSpec, run: RunTarget, train_storage: str) 
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ncstudy.train import ray_train_entry
+    from ncstudy.train_entry import ray_train_entry  # light: the controller unpickles it
 
     r = trial.resources
     use_gpu = r.gpus_per_worker > 0

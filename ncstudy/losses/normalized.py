@@ -53,6 +53,44 @@ def _anchor_rows(anchor_rows: Tensor | None, anchor_cols: Tensor) -> Tensor:
     return torch.arange(anchor_cols.numel(), device=anchor_cols.device)
 
 
+class _RowContrast(torch.autograd.Function):
+    """Per anchor a: logsumexp_j (c[r_a, j] / tau over j not excluded) - c[r_a, col_a] / tau.
+
+    c holds cosines (rows: class weights, columns: pool members). The log-sum-exp runs once per
+    row (it depends on the class only); the backward is one pass over c: grad_c[r, j] =
+    (sum_{a: r_a = r} g_a) softmax_r(j) / tau - sum_{a: (r_a, col_a) = (r, j)} g_a / tau.
+    A row with every member excluded gets a finite value and a zero gradient (callers drop it).
+    """
+
+    @staticmethod
+    def forward(ctx, cos, excluded, rows, cols, tau):  # type: ignore[override]
+        # excluded: None, a boolean mask like cos, or (row, column) indices of the entries
+        if excluded is None:
+            masked = cos
+        elif isinstance(excluded, tuple):
+            masked = cos.index_put(excluded, cos.new_tensor(float("-inf")))
+        else:
+            masked = cos.masked_fill(excluded, float("-inf"))
+        # cosines are >= -1, so -2 only replaces the -inf max of a row with everything excluded
+        top = masked.amax(dim=1, keepdim=True).clamp_min_(-2.0)
+        exp = masked.sub(top).div_(tau).exp_()
+        # any other row holds exp(0) = 1, so the clamp only touches rows with everything excluded
+        total = exp.sum(dim=1, keepdim=True).clamp_min_(1.0)
+        log_denominator = (top / tau + total.log()).squeeze(1)
+        ctx.save_for_backward(exp, total, rows, cols)
+        ctx.tau = tau
+        return log_denominator[rows] - cos[rows, cols] / tau
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        exp, total, rows, cols = ctx.saved_tensors
+        tau = ctx.tau
+        per_row = grad.new_zeros(exp.shape[0]).index_add_(0, rows, grad)
+        grad_cos = exp * (per_row[:, None] / (total * tau))
+        grad_cos.index_put_((rows, cols), grad / -tau, accumulate=True)
+        return grad_cos, None, None, None, None
+
+
 def ntce_anchor_losses(
     w_rows: Tensor,
     z_pool: Tensor,
@@ -63,17 +101,16 @@ def ntce_anchor_losses(
     """NTCE per anchor i: -S_ii + logsumexp_j S_ij, S_ij = w_{y_i} . z_j / tau over the pool.
 
     w_rows holds (normalised) class weights; anchor i uses row anchor_rows[i] (default: row i).
-    The denominator depends on the class only, so one row per class present is enough.
+    The denominator depends on the class only, so one row per class is enough.
     """
     rows = _anchor_rows(anchor_rows, anchor_cols)
-    logits = w_rows @ z_pool.T / tau
-    return torch.logsumexp(logits, dim=1)[rows] - logits[rows, anchor_cols]
+    return _RowContrast.apply(w_rows @ z_pool.T, None, rows, anchor_cols, tau)
 
 
 def nonl_anchor_losses(
     w_rows: Tensor,
     z_pool: Tensor,
-    row_labels: Tensor,
+    row_labels: Tensor | None,
     y_pool: Tensor,
     anchor_cols: Tensor,
     tau: float,
@@ -81,20 +118,23 @@ def nonl_anchor_losses(
 ) -> tuple[Tensor, Tensor]:
     """NONL per valid anchor: -S_ii + logsumexp over other-class pool members; and the mask.
 
-    Rows as in ntce_anchor_losses; row_labels[r] is the class of row r. An anchor whose class
-    has no other-class pool member is invalid (dropped).
+    Rows as in ntce_anchor_losses; row_labels[r] is the class of row r (None: row r is class r,
+    all classes, so pool member j is excluded from row y_j alone: no R x N mask). An anchor
+    whose class has no other-class pool member is invalid (dropped).
     """
     rows = _anchor_rows(anchor_rows, anchor_cols)
-    logits = w_rows @ z_pool.T / tau
-    negatives = row_labels[:, None] != y_pool[None, :]
-    row_valid = negatives.any(dim=1)
-    # log-sum-exp only over rows that have a negative (no all -inf rows, no NaN gradients)
-    masked = logits[row_valid].masked_fill(~negatives[row_valid], float("-inf"))
-    log_denominator = logits.new_zeros(row_valid.shape).index_put(
-        (row_valid,), torch.logsumexp(masked, dim=1)
-    )
+    if row_labels is None:
+        columns = torch.arange(y_pool.numel(), device=y_pool.device)
+        excluded: Tensor | tuple[Tensor, Tensor] = (y_pool, columns)
+        row_valid = torch.bincount(y_pool, minlength=w_rows.shape[0]) < y_pool.numel()
+    else:
+        excluded = row_labels[:, None] == y_pool[None, :]
+        row_valid = ~excluded.all(dim=1)
+    losses = _RowContrast.apply(w_rows @ z_pool.T, excluded, rows, anchor_cols, tau)
     valid = row_valid[rows]
-    return (log_denominator[rows] - logits[rows, anchor_cols])[valid], valid
+    if bool(valid.all()):  # the usual case: no selection (and no gradient scatter for it)
+        return losses, valid
+    return losses[valid], valid
 
 
 # --------------------------------------------------------------------------- heads
@@ -165,20 +205,37 @@ class _ClassToInstanceLoss(NormalizedClassifierLoss):
     def _loss(self, h: Tensor, y: Tensor) -> LossOutput:
         z = unit_rows(h)
         batch = gather_batch(z, y, self.params.negatives == "global")
-        queue_z, queue_y = self.queue.contents()
-        z_pool, y_pool = torch.cat([batch.z, queue_z]), torch.cat([batch.y, queue_y])
+        z_pool, y_pool = batch.z, batch.y
+        if self.queue.filled:
+            queue_z, queue_y = self.queue.contents()
+            z_pool, y_pool = torch.cat([z_pool, queue_z]), torch.cat([y_pool, queue_y])
         w = self.head.normalized()
-        cols = batch.offset + torch.arange(z.shape[0], device=z.device)
-        classes, anchor_rows = torch.unique(y, return_inverse=True)  # one row per class present
-        losses = self.anchor_losses(w[classes], z_pool, classes, y_pool, cols, anchor_rows)
-        num_valid = self.num_valid(batch.y, y_pool)
+        cols = torch.arange(batch.offset, batch.offset + z.shape[0], device=z.device)
+        classes, anchor_rows = self._class_rows(y)
+        w_rows = w if classes is None else w[classes]
+        losses = self.anchor_losses(w_rows, z_pool, classes, y_pool, cols, anchor_rows)
+        # one worker: the valid anchors are the ones anchor_losses kept (no recount)
+        num_valid = losses.numel() if batch.world_size == 1 else self.num_valid(batch.y, y_pool)
         if self.training:
             self.queue.push(batch.z, batch.y)
-        graph = batch.z.sum() + w.sum()
+        graph = lambda: batch.z.sum() + w.sum()  # built only if nothing is valid
         return reduce_anchor_losses(losses, z.shape[0], num_valid, batch.world_size, graph)
 
+    def _class_rows(self, y: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Class rows to contrast (None: all K) and each anchor's row among them.
+
+        The denominators depend on the class only, so one row per class is enough. With at
+        least as many anchors as classes most classes are present and all K rows cost about
+        the same as NormFace's logits; with fewer, only the present classes (torch.unique; at
+        B = 512, d = 512 all K rows win up to K ~ 256 and lose 2x at K = 1000).
+        """
+        if 2 * self.num_classes <= y.numel():
+            return None, y
+        return torch.unique(y, return_inverse=True)
+
     def anchor_losses(self, w_rows, z_pool, row_labels, y_pool, cols, anchor_rows) -> Tensor:
-        """Losses of the valid local anchors (anchor i uses class row anchor_rows[i])."""
+        """Losses of the valid local anchors (anchor i uses class row anchor_rows[i]); row r is
+        class row_labels[r], or class r when row_labels is None (all K rows)."""
         raise NotImplementedError
 
     def num_valid(self, y_batch: Tensor, y_pool: Tensor) -> int:
@@ -236,5 +293,4 @@ class PrototypeLoss(FixedPrototypeClassifier, NCLoss):
         positive = logits.gather(1, target[:, None]).squeeze(1)
         losses = torch.logsumexp(logits + log_pi, dim=1) - positive
         n_global = batch.y.numel()
-        graph = batch.z.sum()
-        return reduce_anchor_losses(losses, z.shape[0], n_global, batch.world_size, graph)
+        return reduce_anchor_losses(losses, z.shape[0], n_global, batch.world_size, batch.z.sum)

@@ -109,4 +109,4 @@ class SupConLoss(FixedPrototypeClassifier, NCLoss):
         num_valid = int((counts[batch.y] > 1).sum().item())  # a positive besides itself
         if self.training:
             self.queue.push(batch.z, batch.y)
-        return reduce_anchor_losses(losses, z.shape[0], num_valid, batch.world_size, batch.z.sum())
+        return reduce_anchor_losses(losses, z.shape[0], num_valid, batch.world_size, batch.z.sum)
