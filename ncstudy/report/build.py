@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ncstudy.report.figures import FigureFile, all_figures
-from ncstudy.report.html import render_index
+from ncstudy.report.html import METRICS_DOC, render_index
 from ncstudy.report.load import StudyData, open_client
 from ncstudy.report.markdown import table_markdown, write_tables
+from ncstudy.report.search_view import is_search, search_tables
 from ncstudy.report.tables import Table, all_tables
 
 ARTIFACT_DIR = "report"
@@ -35,14 +37,39 @@ def status_line(data: StudyData) -> str:
     return f"{len(data.trials)} trials: {parts or 'none'}"
 
 
+def selection_line(spec: Any) -> str:
+    """How the report picks its best configurations (never by test accuracy)."""
+    if is_search(spec):
+        return (
+            f"An Optuna search ({spec.search.sampler} sampler, {spec.search.pruner} pruner) per "
+            f"loss on {spec.search.metric}; the best trial is chosen by it, never by test "
+            "accuracy. Accuracies in %."
+        )
+    return (
+        "Accuracy = test top-1 at the end of training, in %; every best temperature or "
+        "configuration is chosen by validation accuracy, never by test accuracy."
+    )
+
+
+def copy_metrics_doc(out_dir: Path) -> Path:
+    """docs/metrics.md (shipped in the package as ncstudy/report/metrics.md) next to the report,
+    so its links to the metric definitions work offline and in MLflow's artifact view."""
+    from importlib.resources import files
+
+    target = out_dir / METRICS_DOC
+    target.write_text(files("ncstudy.report").joinpath("metrics.md").read_text())
+    return target
+
+
 def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> Report:
     """Write every table and figure of the study to `out_dir` and, unless disabled, log them to
     the parent run under `report/`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = all_tables(data.trials)
+    tables = search_tables(data) if is_search(data.spec) else all_tables(data.trials)
     files = write_tables(tables, out_dir / "tables")
-    figures = all_figures(data.trials, data.histories, out_dir / "figures")
+    figures, problems = all_figures(data, out_dir / "figures")
     files += [f.path for f in figures]
+    files.append(copy_metrics_doc(out_dir))
     full = out_dir / "tables" / "trials_full.csv"
     data.trials.to_csv(full, index=False)
     files.append(full)
@@ -51,13 +78,13 @@ def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> 
         f"Study '{data.name}' — {status_line(data)}.",
         f"MLflow: {data.tracking_uri}, experiment {data.experiment_id}, parent run "
         f"{data.parent_run_id or '(none)'}.",
-        "Accuracy = test top-1 at the end of training; every best temperature or configuration "
-        "is chosen by validation accuracy, never by test accuracy.",
+        selection_line(data.spec),
         f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by python -m ncstudy.report.",
     ]
-    alerts = [f"Warning: {w}" for w in data.warnings]
+    alerts = [f"Warning: {w}" for w in (*data.warnings, *problems)]
     markdown = [f"# Report: {data.name}\n", *(f"> **{a}**\n" for a in alerts)]
-    markdown += [*(m + "\n" for m in meta), ""]
+    markdown += [*(m + "\n" for m in meta)]
+    markdown += [f"Metric definitions, ideal values and sources: [{METRICS_DOC}]({METRICS_DOC}).\n"]
     markdown += [table_markdown(t) for t in tables]
     markdown += [
         f"## {f.title}\n\n{f.caption}\n\n![{f.title}](figures/{f.path.name})\n" for f in figures
