@@ -185,7 +185,7 @@ def nc_by_axis(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> 
             panels = [p for p in panels if (h["metric"] == p).any()]
             if len(configs) < 2 or not panels:
                 continue
-            fig = _axis_figure(sel, h, panels, configs)
+            fig = axis_figure(sel, h, panels, configs)
             axis = axis_words(configs)
             fig.suptitle(f"{loss}: NC metrics during training by {axis} ({setting})")
             path = _save(fig, out_dir / f"nc_by_temperature_{slug(setting)}_{slug(loss)}.png")
@@ -208,7 +208,7 @@ def axis_words(configs: list[tuple[str, int]]) -> str:
     return " and ".join(words)
 
 
-def _axis_figure(
+def axis_figure(
     sel: pd.DataFrame, h: pd.DataFrame, panels: list[str], configs: list[tuple[str, int]]
 ) -> Figure:
     """The panels of `nc_by_axis` for one loss: a line per (temperature, batch size)."""

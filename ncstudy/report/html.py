@@ -20,7 +20,7 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #d
 .scroll { overflow-x: auto; max-width: 100%; max-height: 36em; overflow-y: auto; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
 thead th { position: sticky; top: 0; z-index: 1; }
-td:first-child { position: sticky; left: 0; background: #fff; }
+td:first-child { position: sticky; left: 0; background: #fff; white-space: nowrap; }
 th:first-child { position: sticky; left: 0; z-index: 2; }
 .unavailable { color: #555; font-style: italic; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }

@@ -28,6 +28,7 @@ from ncstudy.report.tables import MISSING, TEST, Table, failures, guarded, pct, 
 
 NUMBER = re.compile(r"-o(\d+)$")  # a search trial's key ends with its Optuna trial number
 STATES = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "RUNNING": "RUNNING"}
+STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
 PRUNED_COLOUR, COMPLETE_COLOUR = "#aaaaaa", "#1f77b4"
 
 
@@ -215,7 +216,8 @@ def best_table(frame: pd.DataFrame, spec: Any) -> Table:
     rows, shown = [], []
     for loss, part in frame.groupby("loss", sort=False):
         counts = part["state"].value_counts()
-        tally = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+        order = [s for s in STATE_ORDER if s in counts] + sorted(set(counts) - set(STATE_ORDER))
+        tally = ", ".join(f"{counts[s]} {s.lower()}" for s in order)
         done = part[(part.state == "COMPLETE") & part["objective"].notna()]
         if done.empty:
             rows.append({"loss": loss, "trials": tally})
@@ -329,12 +331,13 @@ def search_figures(data: Any, out_dir: Path) -> list[FigureFile]:
         for plot, stem, possible, title, caption in plots:
             if possible:
                 path = out_dir / f"search_{stem}_{slug(loss)}.png"
-                files.append(_optuna_figure(plot, study, path, title, caption))
+                ylabel = None if stem == "importance" else f"{metric} (as logged: 0-1 for accuracy)"
+                files.append(_optuna_figure(plot, study, path, title, caption, ylabel))
     return files
 
 
 def _optuna_figure(
-    plot: Any, study: optuna.Study, path: Path, title: str, caption: str
+    plot: Any, study: optuna.Study, path: Path, title: str, caption: str, ylabel: str | None
 ) -> FigureFile:
     """Save one of Optuna's matplotlib plots (they draw through pyplot: closed once saved)."""
     import matplotlib
@@ -345,7 +348,10 @@ def _optuna_figure(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         ax = plot(study)
-    fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure()
+    first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+    if ylabel is not None:
+        first.set_ylabel(ylabel)
+    fig = first.get_figure()
     fig.set_size_inches(6.4, 3.8)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
