@@ -26,6 +26,8 @@ from typing import Any
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
+SECTIONS_JS = """JSON.stringify(Array.from(document.querySelectorAll("h2[id]")).map(
+    h => [h.id, Math.round(h.getBoundingClientRect().top + window.scrollY)]))"""
 IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({
     alt: i.alt, ok: i.complete && i.naturalWidth > 0})))"""
 
@@ -38,6 +40,7 @@ class PageCheck:
     errors: list[str] = field(default_factory=list)
     images: list[tuple[str, bool]] = field(default_factory=list)
     height: int = 0
+    sections: dict[str, int] = field(default_factory=dict)  # h2 id -> its top in CSS px
 
     @property
     def broken_images(self) -> list[str]:
@@ -117,26 +120,32 @@ async def _drive(url: str, index: Path, screenshot: Path | None, width: int) -> 
             await cdp.call(f"{domain}.enable")
         await cdp.call("Page.navigate", url=index.as_uri())
         await cdp.wait_for("Page.loadEventFired")
-        images = await cdp.call("Runtime.evaluate", expression=IMAGES_JS, returnByValue=True)
-        height = await cdp.call(
-            "Runtime.evaluate",
-            expression="document.documentElement.scrollHeight",
-            returnByValue=True,
-        )
+        height, shown = await _evaluate(cdp, "document.documentElement.scrollHeight"), 0
+        for _ in range(3):  # the whole page in one viewport: positions and screenshot agree
+            if height == shown:
+                break
+            await cdp.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width, height=int(height), deviceScaleFactor=1, mobile=False,
+            )  # fmt: skip
+            shown = height
+            height = await _evaluate(cdp, "document.documentElement.scrollHeight")
         check = PageCheck(
             errors=cdp.errors,
-            images=[(i["alt"], i["ok"]) for i in json.loads(images["result"]["value"])],
-            height=int(height["result"]["value"]),
+            images=[(i["alt"], i["ok"]) for i in json.loads(await _evaluate(cdp, IMAGES_JS))],
+            height=int(height),
+            sections=dict(json.loads(await _evaluate(cdp, SECTIONS_JS))),
         )
         if screenshot is not None:
-            shot = await cdp.call(
-                "Page.captureScreenshot",
-                format="png",
-                clip={"x": 0, "y": 0, "width": width, "height": check.height, "scale": 1},
-                captureBeyondViewport=True,
-            )
+            shot = await cdp.call("Page.captureScreenshot", format="png")
             screenshot.write_bytes(base64.b64decode(shot["data"]))
         return check
+
+
+async def _evaluate(cdp: _Cdp, expression: str) -> Any:
+    """The value of a JavaScript expression in the page."""
+    reply = await cdp.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    return reply["result"]["value"]
 
 
 class _Cdp:
@@ -195,8 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("index", type=Path, help="the report's index.html")
     parser.add_argument("--screenshot", type=Path, help="save a full-page PNG here")
     parser.add_argument("--width", type=int, default=1280, help="viewport width in px")
+    parser.add_argument("--sections", type=Path, help="write each section's top (px) as JSON")
     args = parser.parse_args(argv)
     check = check_page(args.index, args.screenshot, args.width)
+    if args.sections is not None:
+        args.sections.write_text(json.dumps(check.sections, indent=1))
     print(f"{len(check.images)} images, {len(check.broken_images)} broken; height {check.height}px")
     for err in check.errors:
         print(f"error: {err}", file=sys.stderr)
