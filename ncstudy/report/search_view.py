@@ -216,7 +216,8 @@ def best_table(frame: pd.DataFrame, spec: Any) -> Table:
     rows, shown = [], []
     for loss, part in frame.groupby("loss", sort=False):
         counts = part["state"].value_counts()
-        order = [s for s in STATE_ORDER if s in counts] + sorted(set(counts) - set(STATE_ORDER))
+        seen = set(counts.index)
+        order = [s for s in STATE_ORDER if s in seen] + sorted(seen - set(STATE_ORDER))
         tally = ", ".join(f"{counts[s]} {s.lower()}" for s in order)
         done = part[(part.state == "COMPLETE") & part["objective"].notna()]
         if done.empty:
