@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,8 @@ def _devtools_url(proc: subprocess.Popen, timeout: float) -> str:
             break
         seen.append(line)
         m = LISTENING.search(line)
-        if m:
+        if m:  # keep draining stderr, so Chromium never blocks on a full pipe
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # type: ignore[union-attr]
             return m.group(1)
     raise RuntimeError("Chromium did not open its DevTools port:\n" + "".join(seen[-20:]))
 

@@ -341,10 +341,7 @@ def _optuna_figure(
     plot: Any, study: optuna.Study, path: Path, title: str, caption: str, ylabel: str | None
 ) -> FigureFile:
     """Save one of Optuna's matplotlib plots (they draw through pyplot: closed once saved)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # Optuna draws through pyplot; headless it picks Agg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
