@@ -85,8 +85,13 @@ def no_val(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     )
 
 
-def test_a_study_without_validation_reports_with_exit_0(no_val: SimpleNamespace) -> None:
+def test_a_study_without_validation_reports_with_exit_0(
+    no_val: SimpleNamespace, capsys: pytest.CaptureFixture
+) -> None:
     assert report_main([str(no_val.folder), "--no-mlflow"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "note: Best temperature per loss (Table 1): not available because no trial" in err
     page = (no_val.folder / "report" / "index.html").read_text()
     assert "Traceback" not in page and "building it failed" not in page
     assert page.count("Not available because no trial logged a validation accuracy") == 4
