@@ -23,6 +23,11 @@ from ncstudy.data import build_data
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
 from ncstudy.train import MultiView
 
+# NCSTUDY_CIFAR10_ZIP, else the offline CIFAR-10 JPEG copy next to the repository
+OFFLINE_ZIP = shared_cifar10_zip() or (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+)
+
 
 def images_per_second(make: Callable[[int], Iterable], epochs: int) -> float:
     """Best epoch throughput after one warm-up epoch (FFCV compiles its pipeline in the first)."""
@@ -48,9 +53,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_loaders_"))
-    root = extract_imagefolder_zip(
-        shared_cifar10_zip(), work / "img", {"train": args.per_class, "test": 1}
-    )
+    root = extract_imagefolder_zip(OFFLINE_ZIP, work / "img", {"train": args.per_class, "test": 1})
     train = official_sources("cifar10_jpeg", str(root), False)["train"]
     for mode in ("raw", "jpg"):
         write_beton(train, work / mode / "cifar10_jpeg_train.beton", mode, jpeg_quality=90)

@@ -20,6 +20,11 @@ from ncstudy.context import LocalContext
 from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
 from ncstudy.train import train_loop
 
+# NCSTUDY_CIFAR10_ZIP, else the offline CIFAR-10 JPEG copy next to the repository
+OFFLINE_ZIP = shared_cifar10_zip() or (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+)
+
 
 def study(
     root: Path,
@@ -99,9 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp(prefix="ncstudy-pipeline-"))
-    root = extract_imagefolder_zip(
-        shared_cifar10_zip(), tmp / "img", {"train": args.per_class, "test": 10}
-    )
+    root = extract_imagefolder_zip(OFFLINE_ZIP, tmp / "img", {"train": args.per_class, "test": 10})
     model = {"name": args.model, "width": args.width, "feature_dim": 64}
     base = study(root, model, args.epochs, args.batch)
 

@@ -80,12 +80,19 @@ def extract_imagefolder_zip(
     return dest
 
 
-def shared_cifar10_zip() -> Path:
-    """The offline CIFAR-10 JPEG zip: $NCSTUDY_CIFAR10_ZIP, else ../shared/data next to the repo."""
-    env = os.environ.get("NCSTUDY_CIFAR10_ZIP")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.zip"
+CIFAR10_ZIP_ENV = "NCSTUDY_CIFAR10_ZIP"
+NO_CIFAR10_JPEG = (
+    "set dataset.root to an extracted copy (train/<class>/*.jpg, test/<class>/*.jpg) or "
+    f"{CIFAR10_ZIP_ENV} to a zip of one; or use `name: cifar10` with `download: true` "
+    "(torchvision downloads CIFAR-10; the same subset options apply)"
+)
+
+
+def shared_cifar10_zip() -> Path | None:
+    """A CIFAR-10 JPEG zip in ImageFolder layout named by $NCSTUDY_CIFAR10_ZIP, or None
+    (ncstudy ships no data; the tests point the variable at their offline copy)."""
+    env = os.environ.get(CIFAR10_ZIP_ENV, "").strip()
+    return Path(env).expanduser() if env else None
 
 
 # Where the shared CIFAR-10 JPEG zip is extracted, relative to the home folder.
@@ -99,18 +106,18 @@ def cifar10_jpeg_cache() -> Path:
 
 
 def cifar10_jpeg_root(spec: Any) -> Path:
-    """The extracted copy: `dataset.root`, or ~/.cache/ncstudy/cifar10-jpeg (extracted from the
-    shared zip on first use)."""
+    """The extracted copy: `dataset.root`, or ~/.cache/ncstudy/cifar10-jpeg (extracted on first
+    use from the zip in $NCSTUDY_CIFAR10_ZIP)."""
     if spec.root is not None:
         return Path(spec.root).expanduser()
     root = cifar10_jpeg_cache()
     if root.is_dir():
         return root
     zip_path = shared_cifar10_zip()
-    if not zip_path.exists():
+    if zip_path is None or not zip_path.is_file():
+        where = f"{CIFAR10_ZIP_ENV}={zip_path} is not a file" if zip_path else "no zip given"
         raise FileNotFoundError(
-            f"dataset.root: not given and the CIFAR-10 JPEG zip is not at {zip_path}; set "
-            "dataset.root to an extracted copy or NCSTUDY_CIFAR10_ZIP to the zip"
+            f"dataset.root: not given, no extracted copy at {root} and {where}; {NO_CIFAR10_JPEG}"
         )
     # Extract next to the target and rename: concurrent trials never see a partial copy.
     tmp = Path(tempfile.mkdtemp(prefix=".cifar10-jpeg-", dir=_mkdir(root.parent)))
@@ -185,7 +192,8 @@ IMAGENET_CLASSES = {name: _classes(name) for name in ("imagenet", "imagenet100")
 
 
 def build_cifar10_jpeg(spec: Any, seed: int) -> DataBundle:
-    """The offline CIFAR-10 JPEG copy (../shared/data): official train/test, CIFAR statistics."""
+    """A CIFAR-10 JPEG copy in ImageFolder layout (`dataset.root`, or extracted from the zip in
+    $NCSTUDY_CIFAR10_ZIP): official train/test, CIFAR statistics."""
     root, classes = cifar10_jpeg_root(spec), _classes("cifar10_jpeg")
     return folder_bundle(spec, root, _stats("cifar10_jpeg"), 32, "cifar10_jpeg", classes)
 

@@ -90,19 +90,16 @@ def _check_cifar(spec: Any) -> None:
 
 
 def _check_cifar10_jpeg(spec: Any, field: str = "dataset.root") -> None:
-    from ncstudy.data.imagefolder import cifar10_jpeg_cache, shared_cifar10_zip
+    from ncstudy.data.imagefolder import NO_CIFAR10_JPEG, cifar10_jpeg_cache, shared_cifar10_zip
 
     if spec.root is not None:
         _check_tree(Path(spec.root).expanduser(), field, spec, 10)
         return
-    cached = cifar10_jpeg_cache()
-    if not cached.is_dir() and not shared_cifar10_zip().is_file():
+    cached, zip_path = cifar10_jpeg_cache(), shared_cifar10_zip()
+    if not cached.is_dir() and not (zip_path is not None and zip_path.is_file()):
+        zip_text = f"NCSTUDY_CIFAR10_ZIP={zip_path} is not a file" if zip_path else "no zip"
         raise _fail(
-            field,
-            spec,
-            f"not set, no extracted copy at {cached} and the CIFAR-10 JPEG zip is not at "
-            f"{shared_cifar10_zip()}; set dataset.root to an extracted copy or "
-            "NCSTUDY_CIFAR10_ZIP to the zip",
+            field, spec, f"not set, no extracted copy at {cached} and {zip_text}; {NO_CIFAR10_JPEG}"
         )
 
 

@@ -179,14 +179,7 @@ class NCAccumulator:
         self._slot[self.intra_classes] = torch.arange(len(self.intra_classes), device=self.device)
         self._tracked = self._slot >= 0
 
-        if reference_means is not None and tuple(reference_means.shape) != (K, d):
-            raise ValueError(
-                f"reference_means must have shape (num_classes, dim) = ({K}, {d}), "
-                f"got {tuple(reference_means.shape)}"
-            )
-        self._reference_means = (
-            None if reference_means is None else reference_means.detach().to(**kw)
-        )
+        self._reference_means = _reference_means(reference_means, K, d, kw)
         self._reference_counts = torch.zeros(2, **kw)  # [mismatches, samples]
         self._cache_budget = int(nc4_cache_bytes)
         self._cache_bytes = 0
@@ -474,3 +467,15 @@ def nc4_counts(
         mismatches += float((nearest != predictions).sum())
         samples += float(predictions.numel())
     return mismatches, samples
+
+
+def _reference_means(means: Tensor | None, K: int, d: int, kw: dict[str, Any]) -> Tensor | None:
+    """The accumulator's own copy of `reference_means` (None stays None), shape-checked."""
+    if means is None:
+        return None
+    if tuple(means.shape) != (K, d):
+        raise ValueError(
+            f"reference_means must have shape (num_classes, dim) = ({K}, {d}), "
+            f"got {tuple(means.shape)}"
+        )
+    return means.detach().to(**kw)

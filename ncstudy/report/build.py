@@ -6,24 +6,30 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from ncstudy.report import figures as draw_figures
 from ncstudy.report.downstream_tables import downstream_tables
-from ncstudy.report.figures import FigureFile, all_figures
-from ncstudy.report.html import render_index
+from ncstudy.report.figures import FigureFile
+from ncstudy.report.html import METRICS_DOC, render_index
 from ncstudy.report.load import StudyData, open_client
 from ncstudy.report.markdown import table_markdown, write_tables
 from ncstudy.report.nc_tables import convergence, nc_final, nc_trials
+from ncstudy.report.search_view import is_search, search_figures, search_tables
 from ncstudy.report.tables import (
     Table,
     accuracy_by_batch,
     accuracy_by_temperature,
     best_temperature,
     failures,
+    guarded,
     scl_classifiers,
     seed_spread,
+    selection_problem,
     trials_table,
+    unavailable,
 )
 
 ARTIFACT_DIR = "report"
@@ -42,20 +48,56 @@ class Report:
 
 
 def all_tables(trials: pd.DataFrame) -> list[Table]:
-    """Every table of the report, in reading order."""
-    return [
-        trials_table(trials),
-        failures(trials),
-        best_temperature(trials),
-        accuracy_by_temperature(trials),
-        accuracy_by_batch(trials),
-        seed_spread(trials),
-        scl_classifiers(trials),
-        nc_final(trials),
-        convergence(trials),
-        nc_trials(trials),
-        *downstream_tables(trials),
-    ]
+    """Every table of a grid study's report, in reading order (a search study has its own,
+    report.search_view)."""
+    chosen = selection_problem(trials)  # tables at each loss's best configuration need one
+    parts = [
+        ("trials", "Trials", lambda: trials_table(trials), None),
+        ("failures", "Failed and unfinished trials", lambda: failures(trials), None),
+        ("best_temperature", "Best temperature per loss (Table 1)",
+         lambda: best_temperature(trials), chosen),
+        ("accuracy_temperature", "Accuracy by temperature (Tables 9-10)",
+         lambda: accuracy_by_temperature(trials), None),
+        ("accuracy_batch", "Accuracy by batch size (Table 11)",
+         lambda: accuracy_by_batch(trials), None),
+        ("seeds", "Mean ± std over seeds (Table 13)", lambda: seed_spread(trials), chosen),
+        ("scl_classifiers", "SCL: fixed prototypes vs linear probes (Table 2)",
+         lambda: scl_classifiers(trials), chosen),
+        ("nc_final", "Neural collapse at the end of training (Table 3)",
+         lambda: nc_final(trials), chosen),
+        ("convergence", "Convergence speed (Table 7)", lambda: convergence(trials), chosen),
+        ("nc_trials", "NC metrics of every trial", lambda: nc_trials(trials), None),
+        ("downstream", "Downstream evaluations (Tables 4-6)",
+         lambda: downstream_tables(trials), chosen),
+    ]  # fmt: skip
+    tables = []
+    for name, title, build, reason in parts:
+        built = guarded(name, title, build)
+        if reason is not None:  # only the tables the study would have, each saying why not
+            built = [unavailable(t.name, t.title, reason) for t in built]
+        tables += built
+    return tables
+
+
+def all_figures(data: Any, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
+    """Write every figure of the report (a StudyData) to `out_dir`; a search study has its
+    own. Returns the figures and, for each kind that could not be drawn, why (the report shows
+    it; it never ends in a traceback)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials, histories = data.trials, data.histories
+    kinds = [("search", lambda: search_figures(data, out_dir))] if is_search(data.spec) else [
+        ("temperature x batch-size heatmaps", lambda: draw_figures.heatmaps(trials, out_dir)),
+        ("NC curves", lambda: draw_figures.nc_curves(trials, histories, out_dir)),
+        ("NC curves by temperature", lambda: draw_figures.nc_by_axis(trials, histories, out_dir)),
+        ("seed spreads", lambda: draw_figures.seed_spreads(trials, out_dir)),
+    ]  # fmt: skip
+    drawn, problems = [], []
+    for kind, draw in kinds:
+        try:
+            drawn += draw()
+        except Exception as err:  # shown at the top of the report, not swallowed
+            problems.append(f"the {kind} figures could not be drawn ({type(err).__name__}: {err})")
+    return drawn, problems
 
 
 def status_line(data: StudyData) -> str:
@@ -65,14 +107,39 @@ def status_line(data: StudyData) -> str:
     return f"{len(data.trials)} trials: {parts or 'none'}"
 
 
+def selection_line(spec: Any) -> str:
+    """How the report picks its best configurations (never by test accuracy)."""
+    if is_search(spec):
+        return (
+            f"An Optuna search ({spec.search.sampler} sampler, {spec.search.pruner} pruner) per "
+            f"loss on {spec.search.metric}; the best trial is chosen by it, never by test "
+            "accuracy. Accuracies in %."
+        )
+    return (
+        "Accuracy = test top-1 at the end of training, in %; every best temperature or "
+        "configuration is chosen by validation accuracy, never by test accuracy."
+    )
+
+
+def copy_metrics_doc(out_dir: Path) -> Path:
+    """docs/metrics.md (shipped in the package as ncstudy/report/metrics.md) next to the report,
+    so its links to the metric definitions work offline and in MLflow's artifact view."""
+    from importlib.resources import files
+
+    target = out_dir / METRICS_DOC
+    target.write_text(files("ncstudy.report").joinpath("metrics.md").read_text())
+    return target
+
+
 def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> Report:
     """Write every table and figure of the study to `out_dir` and, unless disabled, log them to
     the parent run under `report/`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = all_tables(data.trials)
+    tables = search_tables(data) if is_search(data.spec) else all_tables(data.trials)
     files = write_tables(tables, out_dir / "tables")
-    figures = all_figures(data.trials, data.histories, out_dir / "figures")
+    figures, problems = all_figures(data, out_dir / "figures")
     files += [f.path for f in figures]
+    files.append(copy_metrics_doc(out_dir))
     full = out_dir / "tables" / "trials_full.csv"
     data.trials.to_csv(full, index=False)
     files.append(full)
@@ -81,13 +148,13 @@ def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> 
         f"Study '{data.name}' — {status_line(data)}.",
         f"MLflow: {data.tracking_uri}, experiment {data.experiment_id}, parent run "
         f"{data.parent_run_id or '(none)'}.",
-        "Accuracy = test top-1 at the end of training; every best temperature or configuration "
-        "is chosen by validation accuracy, never by test accuracy.",
+        selection_line(data.spec),
         f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by python -m ncstudy.report.",
     ]
-    alerts = [f"Warning: {w}" for w in data.warnings]
+    alerts = [f"Warning: {w}" for w in (*data.warnings, *problems)]
     markdown = [f"# Report: {data.name}\n", *(f"> **{a}**\n" for a in alerts)]
-    markdown += [*(m + "\n" for m in meta), ""]
+    markdown += [*(m + "\n" for m in meta)]
+    markdown += [f"Metric definitions, ideal values and sources: [{METRICS_DOC}]({METRICS_DOC}).\n"]
     markdown += [table_markdown(t) for t in tables]
     markdown += [
         f"## {f.title}\n\n{f.caption}\n\n![{f.title}](figures/{f.path.name})\n" for f in figures

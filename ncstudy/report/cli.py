@@ -95,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     out_dir = Path(args.out).expanduser().resolve() if args.out else target.study_dir / "report"
     report = write_report(data, out_dir, log_to_mlflow=not args.no_mlflow)
+    for table in report.tables:
+        if table.unavailable is not None:
+            print(
+                f"note: {table.title}: not available because {table.unavailable}", file=sys.stderr
+            )
     print(f"study '{data.name}': {status_line(data)}")
     print(f"report: {report.index}  ({len(report.tables)} tables, {len(report.figures)} figures)")
     if report.logged_to:

@@ -61,9 +61,24 @@ def _logged(trials: pd.DataFrame, pattern: str) -> list[str]:
 
 def relative_change(data: pd.DataFrame, col: str, reference: str) -> pd.Series:
     """(value - reference loss's value) / reference's value, per setting (NaN without one)."""
-    ref = data[data.loss == reference].set_index("setting")[col]
-    base = data["setting"].map(ref)
-    return (data[col] - base) / base
+    ref = data[data.loss == reference].set_index("setting")[col].astype(float)
+    base = data["setting"].map(ref).astype(float)
+    return (data[col].astype(float) - base) / base
+
+
+# A training set counts as long-tailed when the study asked for a long-tailed profile
+# (dataset.imbalance_ratio < 1), or when its logged class groups (lt/<group>_classes, from the
+# training counts and evaluation.longtail's thresholds) split the classes: a balanced set whose
+# split left a few images more in some classes puts every class in one group.
+LT_CLASS_COUNTS = tuple(f"lt/{g}_classes" for g, _ in LT_GROUPS[1:])
+
+
+def longtailed(trials: pd.DataFrame) -> pd.Series:
+    """Per trial: whether its training set is long-tailed (see LT_CLASS_COUNTS)."""
+    ratio = pd.to_numeric(column(trials, "imbalance_ratio"), errors="coerce")
+    asked = ratio.notna() & (ratio < 1)
+    groups = sum((column(trials, c).fillna(0) > 0).astype(int) for c in LT_CLASS_COUNTS)
+    return asked | (groups >= 2)
 
 
 def signed_pct(v: float) -> str:
@@ -149,8 +164,9 @@ def corruption_table(trials: pd.DataFrame) -> Table | None:
 def longtail_table(trials: pd.DataFrame, reference: str | None = None) -> Table | None:
     """Table 6: long-tailed accuracy overall and on many / medium / few-shot classes, with the
     relative change of each loss against the reference loss."""
+    trials = trials[longtailed(trials)]
     if not _logged(trials, r"lt/acc1"):
-        return None
+        return None  # no long-tailed training set (the worker logs lt/ for any uneven counts)
     reference = reference or reference_loss(trials)
     groups = [g for g, _ in LT_GROUPS]
     acc = _rows(trials, list(LT_GROUPS))

@@ -134,6 +134,7 @@ def nc_curves(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> l
                 if h.empty:
                     continue
                 wide = h.pivot_table(index="step", columns="key", values="value")
+                wide = wide * scale(panel)
                 (line,) = ax.plot(wide.index, wide.mean(axis=1), marker=".", label=loss)
                 if wide.shape[1] > 1:
                     ax.fill_between(
@@ -147,7 +148,7 @@ def nc_curves(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> l
             target = _target(name, k)
             if target is not None:
                 ax.axhline(target, ls="--", color="grey", lw=1)
-            ax.set_title(name, fontsize=10)
+            ax.set_title(panel_title(panel), fontsize=10)
             ax.set_xlabel("epoch", fontsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=8)
@@ -157,12 +158,111 @@ def nc_curves(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> l
         fig.suptitle(f"NC metrics during training ({setting})")
         path = _save(fig, out_dir / f"nc_curves_{slug(setting)}.png")
         caption = (
-            "NC metrics on the training set and test accuracy at each evaluation, per loss at "
-            "its best configuration (by validation accuracy); mean over finished seeds, shaded "
+            "NC metrics on the training set and test accuracy (%) at each evaluation, per loss "
+            "at its best configuration (by validation accuracy); mean over finished seeds, shaded "
             "from the lowest to the highest seed; dashed: the perfect-NC value."
         )
         files.append(FigureFile(path.stem, f"NC metrics against epochs ({setting})", caption, path))
     return files
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def nc_by_axis(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> list[FigureFile]:
+    """Per setting and loss with several temperatures or batch sizes: each NC metric (and test
+    accuracy) against epochs, one line per temperature (colour) and batch size (line style),
+    mean over the seeds that logged it, so the temperature's effect on collapse shows."""
+    t = prepared(trials)
+    files = []
+    for setting in dict.fromkeys(t["setting"]):
+        for loss in dict.fromkeys(t.loc[t.setting == setting, "loss"]):
+            sel = t[(t.setting == setting) & (t.loss == loss)]
+            configs = list(dict.fromkeys(zip(sel["tau"], sel["batch_size"], strict=True)))
+            h = histories[histories.key.isin(sel["key"])]
+            panels = [f"nc/{m}" for m in CURVE_METRICS] + ["test/acc1"]
+            panels = [p for p in panels if (h["metric"] == p).any()]
+            if len(configs) < 2 or not panels:
+                continue
+            fig = axis_figure(sel, h, panels, configs)
+            axis = axis_words(configs)
+            fig.suptitle(f"{loss}: NC metrics during training by {axis} ({setting})")
+            path = _save(fig, out_dir / f"nc_by_temperature_{slug(setting)}_{slug(loss)}.png")
+            caption = (
+                f"{loss}: NC metrics on the training set and test accuracy (%) at each "
+                "evaluation, one line per temperature τ (colour) and batch size b (line style), "
+                "mean over the seeds that reached it; dashed grey: the perfect-NC value."
+            )
+            title = f"{loss}: NC metrics by {axis} ({setting})"
+            files.append(FigureFile(path.stem, title, caption, path))
+    return files
+
+
+def axis_words(configs: list[tuple[str, int]]) -> str:
+    """`temperature`, `batch size` or `temperature and batch size`: what varies."""
+    taus, batches = {c[0] for c in configs}, {c[1] for c in configs}
+    words = (["temperature"] if len(taus) > 1 else []) + (
+        ["batch size"] if len(batches) > 1 else []
+    )
+    return " and ".join(words)
+
+
+def axis_figure(
+    sel: pd.DataFrame, h: pd.DataFrame, panels: list[str], configs: list[tuple[str, int]]
+) -> Figure:
+    """The panels of `nc_by_axis` for one loss: a line per (temperature, batch size)."""
+    taus = sorted(
+        dict.fromkeys(c[0] for c in configs), key=lambda x: -1 if x == "none" else float(x)
+    )
+    batches = sorted(dict.fromkeys(c[1] for c in configs))
+    colours = colormaps["viridis"](np.linspace(0, 0.9, len(taus)))
+    k = sel["num_classes"].iloc[0]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.3 * cols, 2.6 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels, strict=False):
+        for tau, batch in configs:
+            keys = sel.loc[(sel.tau == tau) & (sel.batch_size == batch), "key"]
+            part = h[(h.metric == panel) & h.key.isin(keys)]
+            if part.empty:
+                continue
+            mean = part.groupby("step")["value"].mean() * scale(panel)
+            label = ", ".join(
+                ([f"τ={tau}"] if len(taus) > 1 else [])
+                + ([f"b={batch}"] if len(batches) > 1 else [])
+            )
+            ax.plot(
+                mean.index, mean.to_numpy(), marker=".", label=label,
+                color=colours[taus.index(tau)], ls=LINESTYLES[batches.index(batch) % 4],
+            )  # fmt: skip
+        target = _target(panel.removeprefix("nc/"), k)
+        if target is not None:
+            ax.axhline(target, ls="--", color="grey", lw=1)
+        ax.set_title(panel_title(panel), fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=8)
+    return fig
+
+
+ACCURACY_PANELS = ("test/acc1", "val/acc1", "train/acc1")
+
+
+def scale(panel: str) -> float:
+    """Accuracies are drawn in % (as the tables show them); NC metrics as logged."""
+    return 100.0 if panel in ACCURACY_PANELS else 1.0
+
+
+def panel_title(panel: str) -> str:
+    """`nc1`, or `test acc1 (%)` for an accuracy."""
+    if panel in ACCURACY_PANELS:
+        return panel.replace("/", " ") + " (%)"
+    return panel.removeprefix("nc/")
 
 
 def _target(name: str, num_classes: float) -> float | None:
@@ -202,13 +302,3 @@ def seed_spreads(trials: pd.DataFrame, out_dir: Path) -> list[FigureFile]:
         )
         files.append(FigureFile(path.stem, f"Seed spread ({setting})", caption, path))
     return files
-
-
-def all_figures(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> list[FigureFile]:
-    """Write every figure of the report to `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        *heatmaps(trials, out_dir),
-        *nc_curves(trials, histories, out_dir),
-        *seed_spreads(trials, out_dir),
-    ]

@@ -17,13 +17,19 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .meta { color: #555; } .caption { color: #444; max-width: 900px; }
 .warning { color: #8a1f11; background: #fdecea; border: 1px solid #f5c2bd; padding: 6px 10px; }
+.scroll { overflow-x: auto; max-width: 100%; max-height: 36em; overflow-y: auto; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
+thead th { position: sticky; top: 0; z-index: 1; }
+td:first-child { position: sticky; left: 0; background: #fff; white-space: nowrap; }
+th:first-child { position: sticky; left: 0; z-index: 2; }
+.unavailable { color: #555; font-style: italic; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; }
 nav a { margin-right: 1em; }
 """
+METRICS_DOC = "metrics.md"  # copied next to index.html by build.write_report
 BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 
@@ -40,7 +46,9 @@ def html_table(frame: pd.DataFrame) -> str:
     )
     if frame.empty:
         body = f'<tr><td colspan="{max(1, len(frame.columns))}"><i>none</i></td></tr>'
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # wide or long tables scroll inside their box (sticky header and first column)
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 def image_tag(figure: FigureFile) -> str:
@@ -68,9 +76,17 @@ def render_index(
         f"<h1>{html.escape(title)}</h1>",
         "".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings or []),
         "".join(f'<p class="meta">{html.escape(m)}</p>' for m in meta),
+        '<p class="meta">What each metric means, its ideal value and its source paper: '
+        f'<a href="{METRICS_DOC}">{METRICS_DOC}</a> (docs/metrics.md of ncstudy).</p>',
         f"<nav>{nav}</nav>",
     ]
     for t in tables:
+        if t.unavailable is not None:
+            parts += [
+                f'<h2 id="{t.name}">{html.escape(t.title)}</h2>',
+                f'<p class="unavailable">Not available because {html.escape(t.unavailable)}.</p>',
+            ]
+            continue
         links = f'<a href="tables/{t.name}.csv">CSV</a> · <a href="tables/{t.name}.md">Markdown</a>'
         parts += [
             f'<h2 id="{t.name}">{html.escape(t.title)}</h2>',

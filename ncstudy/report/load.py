@@ -52,6 +52,7 @@ BASE_COLUMNS = [
     "clock_reference_loss",  # evaluation.convergence.reference_loss of the trial
     "clock_ewma_alpha",  # evaluation.convergence.ewma_alpha of the trial
     "transfer_reference_loss",  # evaluation.transfer.reference_loss (None without transfer)
+    "imbalance_ratio",  # dataset.imbalance_ratio (NaN: the study asked for no long tail)
 ]
 # ncstudy's defaults of those settings, for runs logged before they existed (they used these)
 DEFAULTS = {
@@ -77,6 +78,7 @@ class StudyData:
     histories: pd.DataFrame  # long form: key, metric, step, value
     spec: Any | None  # the StudySpec, when its YAML could be read and validated
     warnings: tuple[str, ...] = ()  # what the report could not do, shown at its top
+    optuna_storage: str | None = None  # a search study's Optuna storage, where it exists
 
 
 def open_client(tracking_uri: str) -> Any:
@@ -125,9 +127,31 @@ def load_study_data(
         trials = fill_steps_to_ref(trials, hist)
     else:
         hist = empty_histories()
+    storage = optuna_storage(spec, study_yaml)
     return StudyData(
-        name, tracking_uri, exp.experiment_id, parent_id, trials, hist, spec, tuple(warnings)
+        name,
+        tracking_uri,
+        exp.experiment_id,
+        parent_id,
+        trials,
+        hist,
+        spec,
+        tuple(warnings),
+        storage,
     )
+
+
+def optuna_storage(spec: Any | None, study_yaml: Path | None) -> str | None:
+    """The Optuna storage URL of a search study (NCSTUDY_OPTUNA_STORAGE, else the study
+    folder's optuna.db), or None: no search, no folder, or no such file (never created here)."""
+    if spec is None or getattr(spec, "search", None) is None or study_yaml is None:
+        return None
+    from ncstudy.search import optuna_storage_url
+
+    url = optuna_storage_url(study_yaml.parent)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    return url
 
 
 def _study_spec(
@@ -187,6 +211,7 @@ def _row_from_spec(t: Any, run: Any | None) -> dict[str, Any]:
         "axes": dict(t.axes),
         "epochs": int(t.ufm.iterations if t.ufm is not None else t.train.epochs),
         "num_classes": num_classes_of(t),
+        "imbalance_ratio": _number(t.dataset.imbalance_ratio),
         **_settings(t),
     }
     return {**row, **_run_fields(run)}
@@ -219,6 +244,7 @@ def _row_from_run(key: str, run: Any, spec: Any | None) -> dict[str, Any]:
         "axes": {k[len("axes.") :]: v for k, v in params.items() if k.startswith("axes.")},
         "epochs": int(epochs) if epochs and epochs.isdigit() else math.nan,
         "num_classes": _study_num_classes(spec),
+        "imbalance_ratio": _number(params.get("dataset.imbalance_ratio")),
         **(_settings(spec) if spec is not None else DEFAULTS),
     }
     logged = {
@@ -231,6 +257,14 @@ def _row_from_run(key: str, run: Any, spec: Any | None) -> dict[str, Any]:
     if transfer is not None:
         row["transfer_reference_loss"] = transfer
     return {**row, **_run_fields(run)}
+
+
+def _number(value: Any) -> float:
+    """A config value (or its logged string) as a float; NaN for None / "None"."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _study_num_classes(spec: Any | None) -> float:

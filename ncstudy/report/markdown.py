@@ -28,7 +28,9 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def table_markdown(table: Table) -> str:
-    """One table as a Markdown section: title, caption, table."""
+    """One table as a Markdown section: title, caption, table (or why it is not available)."""
+    if table.unavailable is not None:
+        return f"## {table.title}\n\n_Not available because {table.unavailable}._\n"
     return f"## {table.title}\n\n{table.caption}\n\n{markdown_table(table.display)}\n"
 
 
@@ -37,6 +39,8 @@ def write_tables(tables: list[Table], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for table in tables:
+        if table.unavailable is not None:
+            continue  # no data: the report says why
         csv = out_dir / f"{table.name}.csv"
         table.data.to_csv(csv, index=False)
         md = out_dir / f"{table.name}.md"

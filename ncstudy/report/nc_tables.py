@@ -68,7 +68,7 @@ def nc_final(trials: pd.DataFrame) -> Table:
         f"NC metrics on the training set after the last epoch, at each loss's {SELECTION}, "
         "mean over finished seeds. The paper's columns: Intra/Inter/Weights effective rank = "
         "erank_intra/erank_inter/erank_weights, alignment Weight = align_weight_mean, Instance "
-        "= align_weight_inst, MIR, HDR; definitions in spec/metrics.md. "
+        "= align_weight_inst, MIR, HDR; definitions in metrics.md (docs/metrics.md). "
         f"{MISSING}: no finished trial (or no target, in the perfect-NC row).",
         drop_single_setting(frame),
         drop_single_setting(formatted(frame, TABLE3_METRICS, num)),

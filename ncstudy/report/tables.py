@@ -18,6 +18,7 @@ import pandas as pd
 TEST = "final/test_acc1"
 VAL = "best/val_acc1"
 MISSING = "—"  # expected but no finished value (failed, unfinished or never started)
+NO_VAL_CELL = "no val"  # several temperatures, no validation accuracy to choose one
 NA = ""  # not part of the grid (e.g. a temperature for a loss without one)
 SCL_CLASSIFIERS = (("LP", "lp"), ("NLP", "nlp"), ("FP", "fp"))
 CONFIG = ["setting", "loss", "tau", "batch_size"]
@@ -36,6 +37,13 @@ class Table:
     caption: str
     data: pd.DataFrame
     display: pd.DataFrame
+    unavailable: str | None = None  # why the table cannot be shown ("not available because")
+
+
+def unavailable(name: str, title: str, reason: str) -> Table:
+    """A table that cannot be built for this study, with the reason shown in its place."""
+    empty = pd.DataFrame()
+    return Table(name, title, "", empty, empty, unavailable=reason)
 
 
 def tau_label(t: float) -> str:
@@ -94,12 +102,37 @@ def config_means(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_configs(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per (setting, loss): the configuration with the highest mean best validation accuracy."""
-    means = config_means(trials).dropna(subset=["val"])
+    """Per (setting, loss): the configuration with the highest mean best validation accuracy;
+    a (setting, loss) with a single configuration needs no choice (nor a validation split)."""
+    means = config_means(trials)
     if means.empty:
         return means
-    idx = means.groupby(["setting", "loss"], sort=False)["val"].idxmax()
-    return means.loc[idx].reset_index(drop=True)
+    groups = means.groupby(["setting", "loss"], sort=False)
+    single = groups["val"].transform("size") == 1
+    voted = means[~single].dropna(subset=["val"])
+    idx = voted.groupby(["setting", "loss"], sort=False)["val"].idxmax()
+    keep = sorted([*means.index[single], *idx])
+    return means.loc[keep].reset_index(drop=True)
+
+
+NO_VALIDATION = (
+    "no trial logged a validation accuracy (dataset.val_fraction: 0, or no finished trial), "
+    "so no configuration can be chosen among several (never by test accuracy)"
+)
+
+
+def selection_problem(trials: pd.DataFrame) -> str | None:
+    """Why a table at each loss's best configuration cannot be built, or None: a (setting,
+    loss) with several configurations but no validation accuracy to choose among them."""
+    means = config_means(prepared(trials))
+    if means.empty:
+        return "no trial finished"
+    sizes = means.groupby(["setting", "loss"], sort=False)["val"].agg(["size", "count"])
+    stuck = sizes[(sizes["size"] > 1) & (sizes["count"] == 0)]
+    if stuck.empty:
+        return None
+    names = ", ".join(f"{loss} ({setting})" for setting, loss in stuck.index[:4])
+    return f"{NO_VALIDATION}: {names} {'have' if len(stuck) > 1 else 'has'} several"
 
 
 def chosen_trials(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +216,7 @@ def accuracy_by_batch(trials: pd.DataFrame) -> Table:
     """Table 11: test accuracy by loss (rows) and batch size (columns), each at the temperature
     with the best validation accuracy for that loss and batch size."""
     t = prepared(trials)
-    means = config_means(t).dropna(subset=["val"])
+    means = config_means(t)
     batches = sorted(set(t["batch_size"]))
     rows, shown = [], []
     for (setting, loss), cell in t.groupby(["setting", "loss"], sort=False):
@@ -192,10 +225,13 @@ def accuracy_by_batch(trials: pd.DataFrame) -> Table:
         for b in batches:
             m = means[(means.setting == setting) & (means.loss == loss) & (means.batch_size == b)]
             in_grid = b in set(cell["batch_size"])
-            if m.empty:
-                row[str(b)], show[str(b)] = np.nan, MISSING if in_grid else NA
+            if len(m) > 1 and m["val"].notna().any():
+                m = m.loc[[m["val"].idxmax()]]
+            if len(m) != 1:  # none finished, or several temperatures and no validation
+                row[str(b)] = np.nan
+                show[str(b)] = (NO_VAL_CELL if len(m) else MISSING) if in_grid else NA
                 continue
-            top = m.loc[m["val"].idxmax()]
+            top = m.iloc[0]
             row[str(b)] = 100 * top["test"]
             show[str(b)] = pct(top["test"]) + ("" if top["tau"] == "none" else f" (τ {top['tau']})")
         rows.append(row)
@@ -205,7 +241,8 @@ def accuracy_by_batch(trials: pd.DataFrame) -> Table:
         "Accuracy by batch size (Table 11)",
         "Test top-1 accuracy (%, mean over finished seeds) by loss and batch size, each at the "
         "temperature (τ) with the best mean validation accuracy for that loss and batch size. "
-        f"{MISSING}: no finished trial.",
+        f"{MISSING}: no finished trial; {NO_VAL_CELL}: several temperatures and no validation "
+        "accuracy to choose among them.",
         drop_single_setting(pd.DataFrame(rows)),
         drop_single_setting(pd.DataFrame(shown)),
     )
@@ -273,14 +310,17 @@ def seed_spread(trials: pd.DataFrame) -> Table:
     )
 
 
-def scl_classifiers(trials: pd.DataFrame) -> Table:
-    """Table 2: SCL's three classifiers (linear probe, normalised probe, fixed prototypes)."""
+def scl_classifiers(trials: pd.DataFrame) -> Table | None:
+    """Table 2: SCL's three classifiers (linear probe, normalised probe, fixed prototypes);
+    None (no table) when no trial logged them (no SCL loss in the study)."""
     t = prepared(trials)
     scl = [
         loss
         for loss in ordered(t["loss"])
         if column(t[t.loss == loss], "final/val_fp_acc1").notna().any()
     ]
+    if not scl:
+        return None
     chosen = chosen_trials(t, best_configs(t[t.loss.isin(scl)]))
     data, shown = [], []
     for loss in scl:
@@ -292,13 +332,12 @@ def scl_classifiers(trials: pd.DataFrame) -> Table:
                 row[setting], show[setting] = 100 * v, pct(v)
             data.append(row)
             shown.append(show)
-    note = "" if scl else " The study has no finished SCL trial (no FP/LP/NLP accuracies)."
     return Table(
         "scl_classifiers",
         "SCL: fixed prototypes vs linear probes (Table 2)",
         "Test top-1 accuracy (%, mean over finished seeds) of the SCL encoder with a linear "
         "probe (LP), a normalised linear probe (NLP) and fixed class-mean prototypes (FP), at "
-        f"the configuration with the best FP validation accuracy.{note}",
+        "the configuration with the best FP validation accuracy.",
         pd.DataFrame(data, columns=["classifier", "loss", *ordered(t["setting"])]),
         pd.DataFrame(shown, columns=["classifier", "loss", *ordered(t["setting"])]),
     )
@@ -341,3 +380,13 @@ def drop_single_setting(frame: pd.DataFrame) -> pd.DataFrame:
     if "setting" in frame and frame["setting"].nunique() <= 1:
         return frame.drop(columns="setting")
     return frame
+
+
+def guarded(name: str, title: str, build: Callable[[], object]) -> list[Table]:
+    """The table(s) `build` returns (none for None), or one `unavailable` table naming the
+    error that stopped it (a report never ends in a traceback)."""
+    try:
+        out = build()
+    except Exception as err:  # shown in the report in the table's place, not swallowed
+        return [unavailable(name, title, f"building it failed ({type(err).__name__}: {err})")]
+    return [] if out is None else list(out) if isinstance(out, list) else [out]

@@ -27,7 +27,7 @@ def trial(loss: str, seed: int, val: float, **metrics: float) -> dict:
         "key": f"{loss}-{seed}", "run_id": f"r{loss}{seed}", "status": "FINISHED", "reason": None,
         "loss": loss, "temperature": np.nan, "batch_size": 64, "seed": seed,
         "dataset": "cifar10", "model": "resnet18", "axes": "", "setting": "cifar10",
-        "epochs": 10, "num_classes": 10, "reference": "",
+        "epochs": 10, "num_classes": 10, "reference": "", "imbalance_ratio": 0.01,
         "best/val_acc1": val, "final/test_acc1": val,
     }  # fmt: skip
     return base | metrics

@@ -252,6 +252,8 @@ def test_written_report_and_artifacts(store: SimpleNamespace, tmp_path: Path) ->
     assert {f.name for f in report.figures} == {
         "heatmap_digits",
         "nc_curves_digits",
+        "nc_by_temperature_digits_ce",  # two batch sizes
+        "nc_by_temperature_digits_normface",  # two temperatures x two batch sizes
         "seeds_digits",
     }
     page = report.index.read_text()

@@ -124,15 +124,16 @@ def test_report_of_a_real_study(tmp_path: Path) -> None:
     pngs = sorted((folder / "figures").glob("*.png"))
     assert [p.name for p in pngs] == [
         "heatmap_digits.png",
+        "nc_by_temperature_digits_normface.png",  # normface's two temperatures
         "nc_curves_digits.png",
         "seeds_digits.png",
     ]
     assert all(p.stat().st_size > 5000 for p in pngs)
-    assert (folder / "index.html").read_text().count("data:image/png;base64,") == 3
+    assert (folder / "index.html").read_text().count("data:image/png;base64,") == 4
     parent = [
         r
         for r in mlf.search_runs([exp.experiment_id])
         if r.data.tags.get("ncstudy.role") == "study"
     ][0]
     logged = {a.path for a in mlf.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/index.html", "report/figures", "report/tables"} <= logged
+    assert {"report/index.html", "report/figures", "report/tables", "report/metrics.md"} <= logged
