@@ -11,17 +11,30 @@ class SpecError(ValueError):
     """A study file that cannot run; the message names the field and the fix."""
 
 
+MAX_SHOWN_ERRORS = 5  # a file of junk keys has one error per key: show the first few
+MAX_ERROR_CHARS = 300  # one error line (a field path can be a 10k-character key)
+
+
 def _first_error(err: ValidationError) -> str:
     """Format pydantic errors as 'field.path: message' lines; an unknown field lists the
-    fields allowed where it stands."""
+    fields allowed where it stands. At most MAX_SHOWN_ERRORS, then a count of the rest."""
+    errors = err.errors(include_url=False, include_input=False)
     lines = []
-    for e in err.errors():
+    for e in errors[:MAX_SHOWN_ERRORS]:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = _unknown_field(e["loc"])
-        lines.append(f"{where}: {msg}")
+        elif e["type"] == "finite_number":  # allow_inf_nan=False (sections.FINITE)
+            msg = "must be a finite number (.inf and .nan are refused)"
+        lines.append(_clip(f"{where}: {msg}"))
+    if len(errors) > MAX_SHOWN_ERRORS:
+        lines.append(f"... and {len(errors) - MAX_SHOWN_ERRORS:,} more errors")
     return "; ".join(lines)
+
+
+def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unknown_field(loc: tuple[int | str, ...]) -> str:
@@ -39,7 +52,7 @@ def _unknown_field(loc: tuple[int | str, ...]) -> str:
     if model is None:
         return "unknown field; check its spelling against the documented fields"
     allowed = sorted(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    close = difflib.get_close_matches(str(loc[-1])[:100], allowed, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown field{hint}; allowed here: {', '.join(allowed)}"
 
