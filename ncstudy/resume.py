@@ -34,6 +34,9 @@ def check_can_start(
     RayJob's head pod, a deleted folder next to a kept mlflow.db, a new output folder writing to
     the same server). Reads only; creates nothing (a local store that is absent stays absent)."""
     check_writable(study.study_dir)
+    from ncstudy.trust import check_study_inputs  # the study folder's owner, the stores
+
+    check_study_inputs(study, paths)
     marker = study.study_dir / MARKER
     record = _study_record(study.name, paths.tracking_uri)
     if not resume:

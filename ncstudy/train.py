@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ncstudy.context import WorkerContext
 from ncstudy.evaluate import downstream as ds
 from ncstudy.metrics.convergence import record_history
-from ncstudy.config import TrialSpec
+from ncstudy.config import TrialConfigError, TrialSpec
 
 # Metrics the convergence clock follows (spec/metrics.md, the source paper's Table 7).
 CLOCK_METRICS = (
@@ -155,7 +155,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: dict[str, Any] | None 
             persistent_workers=trial.dataset.num_workers > 0,
         )
     if len(loader) == 0:
-        raise ValueError(
+        raise TrialConfigError(
             f"batch_size {trial.batch_size} is larger than the training set "
             f"({len(data.train)} samples); lower grid.batch_size"
         )

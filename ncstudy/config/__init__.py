@@ -11,7 +11,7 @@ loading), `expand` (the grid as trials), `errors`.
 """
 
 from ncstudy.config.checks import check_ufm_loss
-from ncstudy.config.errors import SpecError
+from ncstudy.config.errors import SpecError, TrialConfigError, config_error_in
 from ncstudy.config.evaluation import (
     CORRUPTIONS,
     DOWNSTREAM_DATASETS,
@@ -63,9 +63,11 @@ __all__ = [
     "StudySpec",
     "TrainSpec",
     "TransferSpec",
+    "TrialConfigError",
     "TrialSpec",
     "UFMSpec",
     "check_ufm_loss",
+    "config_error_in",
     "expand",
     "load_study",
     "parse_study",

@@ -11,6 +11,31 @@ class SpecError(ValueError):
     """A study file that cannot run; the message names the field and the fix."""
 
 
+class TrialConfigError(SpecError):
+    """A trial whose configuration cannot run (found inside the trial: e.g. a batch larger
+    than its training split). Deterministic, so the trial function ends the trial's run
+    FAILED instead of raising: Ray's FailureConfig would retry it and fail the same way."""
+
+
+def config_error_in(err: BaseException) -> TrialConfigError | None:
+    """The TrialConfigError behind `err` (its cause/context chain, or the per-worker errors
+    of a Ray Train worker group), if any."""
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TrialConfigError):
+            return e
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+        workers = getattr(e, "worker_failures", None)  # ray.train WorkerGroupError
+        if isinstance(workers, dict):
+            todo += [x for x in workers.values() if isinstance(x, BaseException)]
+    return None
+
+
 MAX_SHOWN_ERRORS = 5  # a file of junk keys has one error per key: show the first few
 MAX_ERROR_CHARS = 300  # one error line (a field path can be a 10k-character key)
 
