@@ -47,15 +47,18 @@ def _first_error(err: ValidationError) -> str:
     lines = []
     for e in errors[:MAX_SHOWN_ERRORS]:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = _unknown_field(e["loc"])
-        elif e["type"] == "finite_number":  # allow_inf_nan=False (sections.FINITE)
-            msg = "must be a finite number (.inf and .nan are refused)"
+        msg = _unknown_field(e["loc"]) if e["type"] == "extra_forbidden" else error_message(e)
         lines.append(_clip(f"{where}: {msg}"))
     if len(errors) > MAX_SHOWN_ERRORS:
         lines.append(f"... and {len(errors) - MAX_SHOWN_ERRORS:,} more errors")
     return "; ".join(lines)
+
+
+def error_message(error: Any) -> str:
+    """The message of one pydantic error (without pydantic's 'Value error, ' prefix)."""
+    if error["type"] == "finite_number":  # allow_inf_nan=False (sections.FINITE)
+        return "must be a finite number (.inf and .nan are refused)"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:

@@ -309,6 +309,8 @@ def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
     its own; the merged recipe is checked by `_check_loss_train`."""
     from pydantic import TypeAdapter
 
+    from ncstudy.config.errors import error_message
+
     fields = TrainSpec.model_fields
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -319,7 +321,7 @@ def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
             adapter = TypeAdapter(Annotated[field.annotation, field], config=FINITE)
             out[key] = adapter.validate_python(value)
         except ValidationError as err:
-            raise ValueError(f"{key}: {err.errors()[0]['msg']}") from None
+            raise ValueError(f"{key}: {error_message(err.errors()[0])}") from None
     return out
 
 
