@@ -106,7 +106,7 @@ def test_upper_bounds(
 def test_batch_larger_than_the_training_split_is_refused_before_ray(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """digits: 1797 images, 15 % val and 20 % test held out per class -> 1167 training
+    """digits: 1797 images, 15 % val and 20 % test held out per class -> 1169 training
     images (the split functions' own arithmetic, recomputed here independently)."""
     import numpy as np
     from sklearn.datasets import load_digits
