@@ -6,7 +6,8 @@ node's IP address is a loopback address; the dashboard follows `dashboard_host`.
 replaces a requested `_node_ip_address` of 127.0.0.1 by the machine's routable address
 unless "clusters" are disabled (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read by
 `ray._private.services.get_node_ip_address`), so both are set. The local Ray then serves this
-machine only: no other node can join it, which a local study never needs.
+machine only: no other node can join it, which a local study never needs. Its processes end
+with the driver, even after a SIGKILL (ncstudy/reaper.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants
 
 def local_ray_kwargs() -> dict[str, Any]:
     """ray.init keyword arguments for a local Ray that listens on 127.0.0.1 only; sets the
-    environment its processes inherit (call before ray.init)."""
+    environment its processes inherit and starts the watcher that ends them with this process
+    (ncstudy/reaper.py). Call right before ray.init."""
+    from ncstudy import reaper
+
+    reaper.start()
     os.environ[CLUSTER_ENV] = "0"
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:  # Ray imported already: the constant was read at import
