@@ -145,3 +145,43 @@ def test_study_name_with_a_trailing_newline_is_refused(
 ) -> None:
     text = study_text().replace("name: bad\n", 'name: "bad\\n"\n')
     assert "name: 'bad\\n' is not a safe study name" in refused(tmp_path, capsys, text)
+
+
+def test_split_sizes_match_the_loaders() -> None:
+    """The pre-flight's split sizes (computed from class counts, without the data) equal the
+    loaded datasets' training splits, under subset, val and test fractions."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from ncstudy.config import DatasetSpec
+    from ncstudy.data.registry import build_data
+    from ncstudy.data.split_sizes import DIGITS_PER_CLASS, train_split_size
+
+    assert tuple(np.bincount(load_digits().target)) == DIGITS_PER_CLASS
+    for fields in ({}, {"val_fraction": 0.3, "test_fraction": 0.1}, {"val_fraction": 0.0}):
+        spec = DatasetSpec(name="digits", **fields)
+        assert train_split_size(spec) == len(build_data(spec, 0).train)
+
+
+def test_split_sizes_match_an_imagefolder_tree(tmp_path: Path) -> None:
+    """Counted from file names (uneven classes, a val hold-out, a subset) = the loaded split."""
+    import numpy as np
+    from PIL import Image
+
+    from ncstudy.config import DatasetSpec
+    from ncstudy.data.registry import build_data
+    from ncstudy.data.split_sizes import train_split_size
+
+    for split, counts in (("train", (9, 7, 12)), ("test", (2, 2, 2))):
+        for c, n in enumerate(counts):
+            folder = tmp_path / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(folder / f"{i}.png")
+    for fields in (
+        {},
+        {"val_fraction": 0.3},
+        {"subset_per_class": 6},
+    ):
+        spec = DatasetSpec(name="imagefolder", root=str(tmp_path), image_size=8, **fields)
+        assert train_split_size(spec) == len(build_data(spec, 0).train), fields
