@@ -2,7 +2,8 @@
 
 Without them a wrong `dataset.root` shows up as a failed trial after Ray started, and a wrong
 transfer or ImageNet-C path only after training finished. The checks are cheap (existence and
-layout: folders, class folders, the first image of a class), never a dataset load.
+layout: folders, class folders, the first image of a class; batch sizes against the training
+split sizes counted from class folders), never a dataset load.
 On a cluster the data lives on the workers, so `ncstudy.run` skips them there.
 """
 
