@@ -42,10 +42,11 @@ class StudyLoader(_SafeBase):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, line)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: PyYAML's own error follows
                 continue
-            if first != line:
+            seen[key] = line
+            if first is not None:
                 raise YamlLimitError(
                     f"duplicate key {_short(key)!r} on lines {first} and {line}; give each key once"
                 )

@@ -138,6 +138,10 @@ def test_duplicate_keys_name_the_key_and_both_lines(
     lines = nested.splitlines()
     a, b = [i + 1 for i, line in enumerate(lines) if line == "  epochs: 1" or line == "  epochs: 3"]
     assert f"duplicate key 'epochs' on lines {a} and {b}" in refused(tmp_path, capsys, nested)
+    # in a flow mapping on one line
+    flow = study_text().replace("train:\n  epochs: 1\n", "train: {epochs: 1, lr: 0.1, lr: 0.2}\n")
+    line = flow.splitlines().index("train: {epochs: 1, lr: 0.1, lr: 0.2}") + 1
+    assert f"duplicate key 'lr' on lines {line} and {line}" in refused(tmp_path, capsys, flow)
 
 
 def test_study_name_with_a_trailing_newline_is_refused(
