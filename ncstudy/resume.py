@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from ncstudy import tracking
 from ncstudy.config import StudySpec, TrialSpec
 from ncstudy.paths import MARKER, StudyError, StudyPaths
+from ncstudy.trust import check_study_inputs
 
 
 def check_can_start(
@@ -26,20 +27,11 @@ def check_can_start(
     RayJob's head pod, a deleted folder next to a kept mlflow.db, a new output folder writing to
     the same server). Reads only; creates nothing (a local store that is absent stays absent)."""
     check_writable(study.study_dir)
+    check_study_inputs(study, paths)  # the study folder's owner, the stores
     marker = study.study_dir / MARKER
     record = _study_record(study.name, paths.tracking_uri)
     if not resume:
-        if record is not None:
-            raise StudyError(
-                f"study '{study.name}' already exists: the MLflow store {paths.tracking_uri} "
-                f"holds its runs (experiment '{study.name}'); pass --resume to finish its "
-                "unfinished trials, or choose another study name"
-            )
-        if marker.exists():
-            raise StudyError(
-                f"study '{study.name}' already exists in {study.study_dir}; pass --resume to "
-                "finish its unfinished trials, or choose another name/output folder"
-            )
+        _refuse_existing(study, paths, record is not None, marker.exists())
         return
     if record is None:
         if marker.exists():
@@ -75,6 +67,21 @@ def check_can_start(
     if trials is not None:
         _check_trial_configs(mlf, experiment_id, trials)
     check_tune_state(study, paths, parent.data.tags.get("git_commit", "unknown"))
+
+
+def _refuse_existing(study: StudySpec, paths: StudyPaths, in_store: bool, in_folder: bool) -> None:
+    """A new study (no --resume) may not reuse the name of one the store or folder holds."""
+    if in_store:
+        raise StudyError(
+            f"study '{study.name}' already exists: the MLflow store {paths.tracking_uri} "
+            f"holds its runs (experiment '{study.name}'); pass --resume to finish its "
+            "unfinished trials, or choose another study name"
+        )
+    if in_folder:
+        raise StudyError(
+            f"study '{study.name}' already exists in {study.study_dir}; pass --resume to "
+            "finish its unfinished trials, or choose another name/output folder"
+        )
 
 
 def _study_record(name: str, tracking_uri: str) -> tuple[Any, str, Any] | None:

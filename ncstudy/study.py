@@ -164,7 +164,10 @@ def _start_ray(address: str | None, ray_init_kwargs: dict[str, Any] | None) -> N
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main else None
     # "local": always a fresh local Ray, never a cluster that happens to run on this machine
-    ray.init(address=address or "local", **(ray_init_kwargs or _local_ray_kwargs(address)))
+    from ncstudy.local_ray import local_ray_kwargs  # listens on 127.0.0.1 only
+
+    local = {} if address else local_ray_kwargs()
+    ray.init(address=address or "local", **(ray_init_kwargs or local))
     if callable(handler):
         signal.signal(signal.SIGTERM, handler)
 
@@ -263,17 +266,6 @@ def _was_interrupted(tune_path: str, expected: int, tune_status: dict[str, str])
     trials = ExperimentAnalysis(tune_path).trials
     tune_status.update({_key(t): t.status for t in trials})
     return len(trials) < expected or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-
-
-def _local_ray_kwargs(address: str | None) -> dict[str, Any]:
-    if address:
-        return {}
-    return {
-        "num_cpus": os.cpu_count() or 1,
-        "dashboard_host": "127.0.0.1",  # never listen beyond this machine by default
-        "logging_level": "warning",
-        "configure_logging": True,
-    }
 
 
 def _close_open_runs(

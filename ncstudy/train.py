@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ncstudy.config import TrialSpec
+from ncstudy.config import TrialConfigError, TrialSpec
 from ncstudy.context import RayTrainContext, WorkerContext
 from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
@@ -232,7 +232,7 @@ def train_batches(
             persistent_workers=trial.dataset.num_workers > 0,
         )
     if len(loader) == 0:
-        raise ValueError(
+        raise TrialConfigError(
             f"batch_size {trial.batch_size} is larger than the training set "
             f"({len(data.train)} samples); lower grid.batch_size"  # type: ignore[arg-type]
         )

@@ -12,7 +12,7 @@ import traceback
 from typing import Any
 
 from ncstudy import tracking
-from ncstudy.config import TrialSpec
+from ncstudy.config import TrialSpec, config_error_in
 from ncstudy.targets import RunTarget, StudyTarget
 
 
@@ -41,6 +41,8 @@ def run_trial(config: dict[str, Any], target: StudyTarget) -> None:
             final = _train_here(trial, run)
     except Exception as err:
         tracking.finish_run(mlf, run_id, "FAILED", reason=_reason(err))
+        if config_error_in(err) is not None:
+            return  # deterministic: a retry (FailureConfig) would fail the same way
         raise
     if final.get("status") == "failed":
         tracking.finish_run(mlf, run_id, "FAILED", reason=str(final.get("reason", "unknown")))

@@ -12,7 +12,7 @@ temperatures and the axes that apply to it), `errors`.
 """
 
 from ncstudy.config.checks import check_ufm_loss
-from ncstudy.config.errors import SpecError
+from ncstudy.config.errors import SpecError, TrialConfigError, config_error_in
 from ncstudy.config.evaluation import (
     CORRUPTIONS,
     DOWNSTREAM_DATASETS,
@@ -64,9 +64,11 @@ __all__ = [
     "StudySpec",
     "TrainSpec",
     "TransferSpec",
+    "TrialConfigError",
     "TrialSpec",
     "UFMSpec",
     "check_ufm_loss",
+    "config_error_in",
     "expand",
     "load_study",
     "parse_study",

@@ -8,19 +8,19 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from ncstudy.config.sections import Strict
+from ncstudy.config.sections import MAX_EPOCHS, MAX_IMAGE_SIZE, BatchSize, Epochs, Seed, Strict
 
 
 class ProbeSpec(Strict):
     """Linear probes on the frozen encoder of SCL trials (lp: linear + CE; nlp: NormFace)."""
 
     enabled: bool = True
-    epochs: int = Field(30, ge=1)
+    epochs: Epochs = 30
     lr: float = Field(0.5, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     temperature: float = Field(0.1, gt=0, description="nlp's NormFace temperature")
-    batch_size: int = Field(256, ge=1)
+    batch_size: BatchSize = 256
     milestones: list[int] = Field(
         default_factory=list, description="epochs after which the lr is multiplied by lr_decay"
     )
@@ -104,12 +104,14 @@ class TransferSpec(Strict):
     """Linear transfer (Khosla et al.): a linear probe on the frozen encoder per dataset."""
 
     datasets: list[DownstreamDatasetSpec] = Field(min_length=1)
-    epochs: int = Field(30, ge=1)
+    epochs: Epochs = 30
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(256, ge=1)
-    image_size: int | None = Field(None, ge=4, description="default: the trial's input size")
+    batch_size: BatchSize = 256
+    image_size: int | None = Field(
+        None, ge=4, le=MAX_IMAGE_SIZE, description="default: the trial's input size"
+    )
     reference_loss: str = Field("ce", description="the report's relative change is against it")
 
     @model_validator(mode="after")
@@ -150,7 +152,7 @@ class CorruptionSpec(Strict):
         None, description="ImageNet-C folder (<corruption>/<severity>/<wnid>/*); None: generate"
     )
     max_images: int | None = Field(None, ge=1, description="evenly spaced subset of the test set")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("corruptions")
     @classmethod
@@ -191,12 +193,15 @@ class EvaluationSpec(Strict):
     transfer: TransferSpec | None = None
     longtail: LongTailEvalSpec = Field(default_factory=LongTailEvalSpec)
     corruptions: CorruptionSpec | None = None
-    every: int = Field(1, ge=1, description="epochs between evaluations")
+    every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between evaluations")
     checkpoint_every: int | None = Field(
-        None, ge=1, description="epochs between checkpoints; default: at every evaluation"
+        None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="epochs between checkpoints; default: at every evaluation",
     )
     convergence: ConvergenceSpec = Field(default_factory=ConvergenceSpec)
     nc_metrics: bool = True
     nc_on_test: bool = False
-    max_intra_classes: int = Field(100, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
+    max_intra_classes: int = Field(100, ge=1, le=100_000)
+    eval_batch_size: BatchSize = 512

@@ -4,25 +4,45 @@ and the field-level checks they share."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 UFM_MODEL = "ufm"  # model.name of unconstrained-feature-model trials (no encoder, no dataset)
 
+# Upper bounds: far above any real study, low enough that a typo (`epochs: 1.0e+12`, a batch
+# of 10**9) is refused with a message instead of running until killed or exhausting memory.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536  # the largest published large-batch recipes (LARS, LAMB) use 32-64k
+MAX_WORKERS = 1_024  # Ray Train workers of one trial
+MAX_LOADER_WORKERS = 64  # DataLoader processes per worker
+MAX_RETRIES = 100
+MAX_SEED = 2**32 - 1  # numpy's default_rng and torch.manual_seed both take 0..2**32-1
+MAX_IMAGE_SIZE = 1_024
+MAX_WIDTH = 4_096
+MAX_FEATURE_DIM = 65_536
+
+# Every float of every section is finite (YAML's .inf / .nan are refused: config-wide, so
+# a new field is covered without its own check); a field that should accept infinity says so.
+FINITE = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FINITE
 
 
 class DatasetSpec(Strict):
     name: str = "digits"
     root: str | None = Field(None, description="where the files are (file-based datasets)")
-    image_size: int | None = Field(None, ge=4)
+    image_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE)
     augment: bool = True
     val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
-    split_seed: int = 0
+    split_seed: Seed = 0
     download: bool = Field(False, description="torchvision download (CIFAR) when root is empty")
     subset_per_class: int | None = Field(
         None, ge=1, description="use a seeded subset of this many training images per class"
@@ -33,7 +53,9 @@ class DatasetSpec(Strict):
     )
     loader: Literal["torchvision", "ffcv"] = "torchvision"
     beton_dir: str | None = Field(None, description="folder of the FFCV .beton files")
-    num_workers: int = Field(0, ge=0, description="loader worker processes (0: in-process)")
+    num_workers: int = Field(
+        0, ge=0, le=MAX_LOADER_WORKERS, description="loader worker processes (0: in-process)"
+    )
 
     @model_validator(mode="after")
     def _data_options(self) -> DatasetSpec:
@@ -66,10 +88,16 @@ class DatasetSpec(Strict):
 class ModelSpec(Strict):
     name: str = "small_cnn"
     feature_dim: int | None = Field(
-        None, ge=2, description="encoder output size; default: the pooled width (no bottleneck)"
+        None,
+        ge=2,
+        le=MAX_FEATURE_DIM,
+        description="encoder output size; default: the pooled width (no bottleneck)",
     )
     width: int | None = Field(
-        None, ge=1, description="first-stage channels; default: the model's standard (ResNets 64)"
+        None,
+        ge=1,
+        le=MAX_WIDTH,
+        description="first-stage channels; default: the model's standard (ResNets 64)",
     )
     sync_bn: bool = Field(False, description="SyncBatchNorm across GPU workers (DDP on CUDA)")
 
@@ -96,14 +124,14 @@ class ModelSpec(Strict):
 
 
 class TrainSpec(Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: Epochs = 10
     lr: float = Field(0.1, gt=0, description="base learning rate, at base_batch_size")
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
-    base_batch_size: int = Field(256, ge=1)
+    base_batch_size: BatchSize = 256
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of lr")
     amp: bool = False
@@ -168,8 +196,8 @@ class LossSpec(Strict):
 
 class GridSpec(Strict):
     temperature: list[float] = Field(default_factory=lambda: [0.1])
-    batch_size: list[int] = Field(default_factory=lambda: [128])
-    seed: list[int] = Field(default_factory=lambda: [0])
+    batch_size: list[BatchSize] = Field(default_factory=lambda: [128])
+    seed: list[Seed] = Field(default_factory=lambda: [0])
     axes: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="any other axis, by dotted path into the trial: train.lr, loss.queue_size, ...",
@@ -198,12 +226,16 @@ class GridSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    workers_per_trial: int = Field(1, ge=1)
+    workers_per_trial: int = Field(1, ge=1, le=MAX_WORKERS)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0, description="Ray Train retries of a trial's workers")
-    trial_max_failures: int = Field(1, ge=0, description="Ray Tune retries of a whole trial")
+    max_concurrent_trials: int | None = Field(None, ge=1, le=100_000)
+    max_failures: int = Field(
+        1, ge=0, le=MAX_RETRIES, description="Ray Train retries of a trial's workers"
+    )
+    trial_max_failures: int = Field(
+        1, ge=0, le=MAX_RETRIES, description="Ray Tune retries of a whole trial"
+    )
     single_worker_fastpath: bool = Field(
         True, description="run 1-worker trials in the Tune process (same loop, no Train start-up)"
     )
@@ -212,17 +244,20 @@ class ResourcesSpec(Strict):
 class UFMSpec(Strict):
     """An unconstrained-feature-model problem (spec/ufm.md): free features, one per sample."""
 
-    K: int = Field(4, ge=2, description="number of classes")
-    d: int = Field(8, ge=2, description="feature dimension")
-    n_per_class: int = Field(5, ge=1, description="free features (samples) per class")
+    K: int = Field(4, ge=2, le=10_000, description="number of classes")
+    d: int = Field(8, ge=2, le=MAX_FEATURE_DIM, description="feature dimension")
+    n_per_class: int = Field(5, ge=1, le=100_000, description="free features (samples) per class")
     variant: Literal["spherical", "regularized"] = Field(
         "spherical", description="unit-sphere features and weights, or weight-decayed ones"
     )
-    iterations: int = Field(500, ge=1, description="gradient steps (Armijo backtracking)")
+    iterations: int = Field(
+        500, ge=1, le=10_000_000, description="gradient steps (Armijo backtracking)"
+    )
     step: float = Field(1.0, gt=0, description="initial step size of the line search")
     memory: int = Field(
         10,
         ge=0,
+        le=1_000,
         description="L-BFGS curvature pairs; 0 is plain (Riemannian) gradient descent as in "
         "Yaras et al., which creeps at sharp temperatures (ncstudy/ufm/problem.py)",
     )
@@ -272,9 +307,9 @@ def _check_temperatures(values: list[float]) -> list[float]:
 def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
     """A loss's `train:` override: known TrainSpec fields (extra="forbid"), each value valid on
     its own; the merged recipe is checked by `_check_loss_train`."""
-    from typing import Annotated
-
     from pydantic import TypeAdapter
+
+    from ncstudy.config.errors import error_message
 
     fields = TrainSpec.model_fields
     out: dict[str, Any] = {}
@@ -283,9 +318,10 @@ def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{key}: unknown field; valid: {', '.join(fields)} (as in `train:`)")
         field = fields[key]
         try:
-            out[key] = TypeAdapter(Annotated[field.annotation, field]).validate_python(value)
+            adapter = TypeAdapter(Annotated[field.annotation, field], config=FINITE)
+            out[key] = adapter.validate_python(value)
         except ValidationError as err:
-            raise ValueError(f"{key}: {err.errors()[0]['msg']}") from None
+            raise ValueError(f"{key}: {error_message(err.errors()[0])}") from None
     return out
 
 

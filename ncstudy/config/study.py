@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,11 @@ from ncstudy.config.sections import (
     TrainSpec,
     UFMSpec,
 )
+from ncstudy.config.yaml_load import YamlLimitError, read_study_yaml
 
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the whole name: fullmatch
+MAX_TRIALS = 10_000  # grid points of one study (also bounds the cross-checks' loops)
+MAX_AXIS_VALUES = 1_000  # values of one grid axis
 
 
 class StudySpec(Strict):
@@ -61,7 +65,7 @@ class StudySpec(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not STUDY_NAME.match(name) or name in {".", ".."} or ".." in name:
+        if not STUDY_NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
             raise ValueError(
                 f"{name!r} is not a safe study name: use 1-64 letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit (it becomes a folder inside output_dir)"
@@ -81,6 +85,7 @@ class StudySpec(Strict):
         from ncstudy.data.registry import dataset_num_classes
         from ncstudy.losses import check_loss_compat
 
+        _check_grid_size(self)
         _check_loss_train(self)
         _check_search_metric(self)
         if self.model.name == UFM_MODEL or self.ufm is not None:
@@ -119,6 +124,33 @@ class StudySpec(Strict):
     def study_dir(self) -> Path:
         """The study's own folder: `<output_dir>/<name>`, absolute."""
         return Path(self.output_dir).expanduser().resolve() / self.name
+
+
+def _check_grid_size(study: StudySpec) -> None:
+    """The grid (or the search's trial budget) is bounded: a typo such as 10**6 seeds or a
+    generated axis of a million values is refused before the cross-checks iterate it."""
+    grid = study.grid
+    axes = {"grid.temperature": grid.temperature, "grid.batch_size": grid.batch_size}
+    axes |= {"grid.seed": grid.seed} | {f"grid.axes.{p}": v for p, v in grid.axes.items()}
+    for where, values in axes.items():
+        if len(values) > MAX_AXIS_VALUES:
+            raise ValueError(
+                f"{where}: {len(values):,} values; at most {MAX_AXIS_VALUES:,} per axis"
+            )
+    if study.search is not None:
+        n = study.search.n_trials or 0
+        if n * len(study.losses) > MAX_TRIALS:
+            raise ValueError(
+                f"search.n_trials: {n:,} trials per loss x {len(study.losses)} losses is over "
+                f"{MAX_TRIALS:,} trials; lower it"
+            )
+        return
+    size = len(study.losses) * math.prod(len(v) for v in axes.values())
+    if size > MAX_TRIALS:
+        raise ValueError(
+            f"grid: up to {size:,} trials (losses x temperatures x batch sizes x seeds x axes) "
+            f"is over {MAX_TRIALS:,}; split the study or shorten the axes"
+        )
 
 
 class TrialSpec(Strict):
@@ -182,13 +214,15 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     """Read and validate a study YAML (safe loader only). Raises SpecError on any problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = read_study_yaml(path)
     except OSError as err:
         raise SpecError(f"cannot read study file {path}: {err.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except YamlLimitError as err:
+        raise SpecError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        raise SpecError(f"{path}: not valid YAML: {str(err)[:1000]}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a study file is a mapping of fields (name:, losses:, ...)")
     raw.update(overrides or {})

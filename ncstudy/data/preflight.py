@@ -2,7 +2,8 @@
 
 Without them a wrong `dataset.root` shows up as a failed trial after Ray started, and a wrong
 transfer or ImageNet-C path only after training finished. The checks are cheap (existence and
-layout: folders, class folders, the first image of a class), never a dataset load.
+layout: folders, class folders, the first image of a class; batch sizes against the training
+split sizes counted from class folders), never a dataset load.
 On a cluster the data lives on the workers, so `ncstudy.run` skips them there.
 """
 
@@ -21,6 +22,12 @@ def check_study_data(study: StudySpec) -> None:
     the dataset), FFCV files, transfer datasets and the ImageNet-C folder."""
     if study.model.name == UFM_MODEL:
         return  # free features: no data
+    _check_paths(study)
+    _check_batch_sizes(study)
+
+
+def _check_paths(study: StudySpec) -> None:
+    """Every data path of the study exists with the right layout (see check_study_data)."""
     datasets = _study_datasets(study)
     for spec in datasets:
         _check_dataset(spec)
@@ -49,6 +56,42 @@ def _study_datasets(study: StudySpec) -> list[Any]:
     for trial in expand(study):
         unique.setdefault(trial.dataset.model_dump_json(), trial.dataset)
     return list(unique.values())
+
+
+def _check_batch_sizes(study: StudySpec) -> None:
+    """Every batch size fits its training split: each worker's share of the split holds at
+    least one batch (the loaders drop the last partial batch, so a larger batch trains on
+    nothing). Inside a trial this is a deterministic error that no retry can fix."""
+    from ncstudy.data.split_sizes import train_split_size
+
+    workers = study.resources.workers_per_trial
+    if study.search is not None:
+        searched = study.search.space.get("batch_size", [])
+        field = "search.space.batch_size" if searched else "grid.batch_size"
+        pairs = [(study.dataset, b) for b in (searched or study.grid.batch_size)]
+    else:
+        field = "grid.batch_size"
+        pairs = [(t.dataset, t.batch_size) for t in expand(study)]
+    largest: dict[str, tuple[Any, int]] = {}
+    for spec, batch in pairs:
+        key = spec.model_dump_json()
+        if key not in largest or batch > largest[key][1]:
+            largest[key] = (spec, batch)
+    for spec, batch in largest.values():
+        try:
+            size = train_split_size(spec)
+        except ValueError as err:  # e.g. subset_per_class above the smallest class
+            raise SpecError(str(err)) from None
+        if size is not None and -(-size // workers) < batch // workers:
+            raise _fail(
+                field,
+                spec,
+                f"batch size {batch} is larger than the training split ({size} images"
+                + (f" over {workers} workers" if workers > 1 else "")
+                + "); lower it to at most "
+                f"{size if workers == 1 else workers * -(-size // workers)}, or use more data "
+                "(dataset.subset_per_class, val_fraction)",
+            )
 
 
 def _fail(field: str, spec: Any, message: str) -> SpecError:

@@ -29,7 +29,7 @@ class LossOutput(NamedTuple):
 class LossParams(BaseModel):
     """Base of every per-loss parameter model: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TemperatureParams(LossParams):

@@ -106,7 +106,13 @@ def test_beton_files(
 def test_transfer_roots(tmp_path: Path, capsys: pytest.CaptureFixture, tree: Path) -> None:
     dataset = {"name": "imagefolder", "root": str(tree)}
     transfer = {"datasets": [{"name": "imagefolder", "root": str(tree)}, {"name": "dtd"}]}
-    study = {"name": "t", "losses": [{"name": "ce"}], "dataset": dataset}
+    # the 2-image tree holds one batch of 2 (the pre-flight checks batch sizes too)
+    study = {
+        "name": "t",
+        "losses": [{"name": "ce"}],
+        "dataset": dataset,
+        "grid": {"batch_size": [2]},
+    }
     nowhere = str(tmp_path / "nowhere")
     err = run_study_file(
         tmp_path,
@@ -146,7 +152,13 @@ def test_imagenet_c_root(tmp_path: Path, capsys: pytest.CaptureFixture, tree: Pa
     err = run_study_file(tmp_path, capsys, dataset=dataset, evaluation={"corruptions": corruptions})
     assert "fog/2 has 2 class folders" in err and "'x'" in err and "training classes" in err
     (inc / "fog" / "2" / "x").rename(inc / "fog" / "2" / "b")
-    study = {"name": "t", "losses": [{"name": "ce"}], "dataset": dataset}
+    # the 2-image tree holds one batch of 2 (the pre-flight checks batch sizes too)
+    study = {
+        "name": "t",
+        "losses": [{"name": "ce"}],
+        "dataset": dataset,
+        "grid": {"batch_size": [2]},
+    }
     check_study_data(parse_study({**study, "evaluation": {"corruptions": corruptions}}))
 
 

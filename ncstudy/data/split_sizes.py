@@ -1,0 +1,91 @@
+"""The size of a dataset's training split without loading it, for the pre-flight: the
+official per-class counts (fixed for CIFAR and digits, counted file names for ImageFolder trees
+and the CIFAR-10 JPEG zip) put through the same split functions the loaders use
+(`split_official`, `stratified_split`), which depend only on the labels, so the size is exact."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# images per class of the official training sets
+CIFAR_TRAIN_PER_CLASS = {"cifar10": (10, 5000), "cifar100": (100, 500)}
+# scikit-learn's digits (fixed data; importing scikit-learn to count them costs seconds)
+DIGITS_PER_CLASS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+
+
+def train_split_size(spec: Any) -> int | None:
+    """Images in the training split of `spec` (after subset, long tail and val hold-out), or
+    None when the data cannot be counted here. Raises ValueError naming the field when the
+    split itself is impossible (e.g. subset_per_class above the smallest class)."""
+    from ncstudy.data.digits import stratified_split
+    from ncstudy.data.images import split_official
+
+    if spec.name == "digits":
+        labels = np.repeat(np.arange(10, dtype=np.int64), DIGITS_PER_CLASS)
+        train, _, _ = stratified_split(
+            labels, (spec.val_fraction, spec.test_fraction), spec.split_seed
+        )
+        return len(train)
+    counts = _train_class_counts(spec)
+    if counts is None:
+        return None
+    labels = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    # the test part is discarded: the training labels stand in for it (test_per_class applies)
+    train, _, _ = split_official(labels, labels, len(counts), spec)
+    return len(train)
+
+
+def _train_class_counts(spec: Any) -> list[int] | None:
+    """Images per class of the official training set, in class order."""
+    from ncstudy.data.imagefolder import IMAGENET_CLASSES, cifar10_jpeg_cache, shared_cifar10_zip
+
+    base = spec.name.removesuffix("_lt")
+    if base in CIFAR_TRAIN_PER_CLASS:
+        k, n = CIFAR_TRAIN_PER_CLASS[base]
+        return [n] * k
+    if base == "cifar10_jpeg":
+        tree = Path(spec.root).expanduser() if spec.root is not None else cifar10_jpeg_cache()
+        if tree.is_dir():
+            return _tree_counts(tree / "train")
+        zipped = shared_cifar10_zip()
+        return _zip_counts(zipped) if zipped is not None and zipped.is_file() else None
+    if spec.name in ("imagefolder", *IMAGENET_CLASSES) and spec.root is not None:
+        return _tree_counts(Path(spec.root).expanduser() / "train")
+    return None
+
+
+def _tree_counts(split_dir: Path) -> list[int] | None:
+    """Image files per class folder of `split_dir` (sorted classes, as ImageFolder)."""
+    from ncstudy.data.imagefolder import IMAGE_SUFFIXES
+
+    if not split_dir.is_dir():
+        return None
+    with os.scandir(split_dir) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir())
+    counts = []
+    for name in classes:
+        with os.scandir(split_dir / name) as files:
+            counts.append(sum(f.name.lower().endswith(IMAGE_SUFFIXES) for f in files))
+    return counts
+
+
+def _zip_counts(zip_path: Path) -> list[int]:
+    """Image files per class of the zip's train split (`<top>/train/<class>/<file>`)."""
+    from ncstudy.data.imagefolder import IMAGE_SUFFIXES
+
+    per_class: dict[str, int] = {}
+    with zipfile.ZipFile(zip_path) as zf:
+        for name in zf.namelist():
+            parts = name.split("/")
+            if (
+                len(parts) == 4
+                and parts[1] == "train"
+                and parts[3].lower().endswith(IMAGE_SUFFIXES)
+            ):
+                per_class[parts[2]] = per_class.get(parts[2], 0) + 1
+    return [per_class[c] for c in sorted(per_class)]
