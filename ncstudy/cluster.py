@@ -130,6 +130,8 @@ def check_custom_resources(custom: Mapping[str, Any]) -> dict[str, float]:
     """``resources.custom``: ``{name: amount}`` of custom Ray resources per worker. Names are
     Ray resource names other than CPU/GPU/memory; amounts positive and finite, and whole
     numbers above 1 (Ray refuses fractional amounts above 1)."""
+    if not isinstance(custom, Mapping):
+        raise ValueError(f"resources.custom must map resource names to amounts (got {custom!r})")
     out: dict[str, float] = {}
     for name, amount in custom.items():
         where = f"resources.custom.{name}"

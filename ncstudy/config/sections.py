@@ -213,9 +213,9 @@ class ResourcesSpec(Strict):
         "of a cluster's worker group); trials wait for nodes that have them",
     )
 
-    @field_validator("custom")
+    @field_validator("custom", mode="before")  # before pydantic turns true / "1" into 1.0
     @classmethod
-    def _custom_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+    def _custom_amounts(cls, value: Any) -> dict[str, float]:
         from ncstudy.cluster import check_custom_resources
 
         return check_custom_resources(value)

@@ -5,6 +5,7 @@ nodes on loopback, and helpers that run `python -m ncstudy.run` against them."""
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.cluster_utils import AutoscalingCluster
 
 # Ray maps a loopback address to the machine's interface IP unless this is 0 (it then uses
 # 127.0.0.1, as it does on macOS): every process of the test stays on loopback.
@@ -205,3 +207,63 @@ def wait_for(predicate: Any, timeout: float, what: str, proc: Any = None) -> Non
             raise AssertionError(f"process ended before {what}: {out[-4000:]}")
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def isolation_problem() -> str | None:
+    """Why this process is not isolated enough for `ray stop --force`, or None."""
+    outer = os.environ.get("NCSTUDY_OUTER_PIDNS")
+    if not outer:
+        return "run through tests/cluster/isolated.sh (own PID + network namespace)"
+    if os.readlink("/proc/self/ns/pid") == outer:
+        return "same PID namespace as the caller: `ray stop --force` would see other Ray clusters"
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:
+        return "not in a private network namespace"
+    return None
+
+
+# The fake provider's cluster config (what Ray's fake_multi_node/example.yaml holds; the wheel
+# does not ship that file, which AutoscalingCluster reads).
+FAKE_CLUSTER = {
+    "cluster_name": "ncstudy-fake",
+    "max_workers": 2,
+    "provider": {
+        "type": "fake_multinode",
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+    },
+    "head_node_type": "ray.head.default",
+    "auth": {},
+    "upscaling_speed": 1.0,
+    "docker": {},
+    **{key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                           "worker_setup_commands", "head_start_ray_commands",
+                           "worker_start_ray_commands", "cluster_synced_files",
+                           "rsync_exclude", "rsync_filter")},
+    "file_mounts": {},
+    "file_mounts_sync_continuously": False,
+}  # fmt: skip
+
+
+class FakeAutoscalingCluster(AutoscalingCluster):
+    """ray.cluster_utils.AutoscalingCluster with its base config given here, not read from
+    the file the wheel lacks. Its start() and shutdown() run `ray stop --force`: use it only
+    where `isolation_problem()` is None."""
+
+    def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False,
+                         **config_kwargs):  # fmt: skip
+        config = copy.deepcopy(FAKE_CLUSTER)
+        config["available_node_types"] = {
+            **worker_node_types,
+            "ray.head.default": {"resources": head_resources, "node_config": {}, "max_workers": 0},
+        }
+        config.update(config_kwargs)
+        return config
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        """Start it with this interpreter's `ray` command first on PATH (start() and the fake
+        provider run `ray start` / `ray stop` by name)."""
+        bindir = str(Path(sys.executable).parent)
+        if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        super().start(*args, **kwargs)
