@@ -79,20 +79,33 @@ def autoscale(rounds: int) -> None:
 
 
 def train(rounds: int) -> None:
-    import ray
+    """Start the loopback cluster here; time the trials in a driver subprocess (this process
+    hosts the cluster's head and never becomes a driver itself)."""
+    import subprocess
+
     from ray.cluster_utils import Cluster
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     os.environ.update(LOOPBACK_ONLY)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
     )
-    for resources, cpus in (({"slot": 1}, 2), ({"slot": 1}, 2), ({"pair": 2}, 3)):
-        cluster.add_node(num_cpus=cpus, resources=resources, node_ip_address="127.0.0.1")
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="error")
+    try:
+        for resources, cpus in (({"slot": 1}, 2), ({"slot": 1}, 2), ({"pair": 2}, 3)):
+            cluster.add_node(num_cpus=cpus, resources=resources, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        cmd = [sys.executable, __file__, "--part", "train-driver", "--address", cluster.address]
+        subprocess.run([*cmd, "--rounds", str(rounds)], check=True)
+    finally:
+        cluster.shutdown()
+
+
+def train_driver(address: str, rounds: int) -> None:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray.init(address=address, logging_level="error")
 
     def loop(config: dict) -> None:
         import torch.distributed as dist
@@ -117,7 +130,6 @@ def train(rounds: int) -> None:
                     times[label].append(result.metrics["started"] - t0)
     finally:
         ray.shutdown()
-        cluster.shutdown()
     _print("2-worker Train trial start-up", times)
 
 
@@ -133,10 +145,14 @@ def _print(title: str, series: dict[str, list[float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["autoscale", "train"], required=True)
+    parser.add_argument("--part", choices=["autoscale", "train", "train-driver"], required=True)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    (autoscale if args.part == "autoscale" else train)(args.rounds)
+    if args.part == "train-driver":
+        train_driver(args.address, args.rounds)
+    else:
+        (autoscale if args.part == "autoscale" else train)(args.rounds)
 
 
 if __name__ == "__main__":

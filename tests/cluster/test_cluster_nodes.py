@@ -10,9 +10,11 @@ once, exit 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,20 +59,32 @@ def four_nodes() -> Iterator[tuple[object, dict[str, object]]]:
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def _train_workers_by_node(address: str) -> dict[str, list[str]]:
-    """Ray Train worker actors of the cluster's history (alive or dead), per node id, read from
-    the GCS actor table."""
-    import ray
+def _ray_query(address: str, expression: str) -> object:
+    """Evaluate `expression` (JSON-able) in a fresh driver connected to the cluster: a
+    subprocess, so that the test process itself never becomes a Ray driver."""
+    code = (
+        f"import json, ray; ray.init(address={address!r}, logging_level='error'); "
+        f"print('RESULT=' + json.dumps({expression}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=cli_env(), timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT="))
+    return json.loads(line[len("RESULT=") :])
 
-    ray.init(address=address, logging_level="error")
-    try:
-        table = ray._private.state.actors()
-    finally:
-        ray.shutdown()
-    out: dict[str, list[str]] = {}
-    for actor_id, info in table.items():
-        if "TrainWorker" in info["ActorClassName"]:
-            out.setdefault(info["Address"]["NodeID"], []).append(actor_id)
+
+def _train_workers_by_node(address: str) -> dict[str, int]:
+    """Ray Train worker actors of the cluster's history (alive or dead) per node id, from the
+    GCS actor table."""
+    table = _ray_query(
+        address,
+        "[(a['ActorClassName'], a['Address']['NodeID']) "
+        "for a in ray._private.state.actors().values()]",
+    )
+    out: dict[str, int] = {}
+    for name, node in table:  # type: ignore[union-attr]
+        if "TrainWorker" in name:
+            out[node] = out.get(node, 0) + 1
     return out
 
 
@@ -115,8 +129,8 @@ def _two_nodes_vs_one(four_nodes, tmp_path: Path, shared: Path, tag: str, **data
     # placement: two workers on the two slot nodes, one each; the pair node hosted two
     workers = _train_workers_by_node(cluster.address)
     ids = {role: node.node_id for role, node in nodes.items()}
-    assert len(workers.get(ids["slot_a"], [])) >= 1 and len(workers.get(ids["slot_b"], [])) >= 1
-    assert len(workers.get(ids["pair"], [])) >= 2
+    assert workers.get(ids["slot_a"], 0) >= 1 and workers.get(ids["slot_b"], 0) >= 1, workers
+    assert workers.get(ids["pair"], 0) >= 2, workers
     # same seed, same data shards, same all-reduced gradients: the same numbers
     for name, values in found["slot"].items():
         assert values and values == pytest.approx(found["pair"][name], rel=1e-6, abs=1e-9), name
@@ -192,15 +206,5 @@ def test_node_killed_mid_trial(four_nodes, tmp_path: Path) -> None:
     # every epoch exactly once: a restart from scratch would log epochs 1 and 2 again, a lost
     # checkpoint would skip one
     assert steps(mlf, run.info.run_id, "epoch") == list(range(1, epochs + 1))
-    alive = {n["NodeID"]: n["Alive"] for n in _node_table(cluster.address)}
+    alive = dict(_ray_query(cluster.address, "[(n['NodeID'], n['Alive']) for n in ray.nodes()]"))
     assert alive[nodes[role].node_id] is False
-
-
-def _node_table(address: str) -> list[dict]:
-    import ray
-
-    ray.init(address=address, logging_level="error")
-    try:
-        return ray.nodes()
-    finally:
-        ray.shutdown()

@@ -111,7 +111,8 @@ def test_image_carries_postgres_server_and_driver() -> None:
 def test_readme_says_the_manifests_use_postgres() -> None:
     text = (INFRA / "README.md").read_text()
     assert "ncstudy-mlflow-db" in text and "PostgreSQL" in text
-    assert "pytest -m cluster" in text  # the "tested on one machine" section
+    assert "## Tested on one machine" in text and "pytest -q -m cluster" in text
+    assert "tests/cluster/isolated.sh" in text
 
 
 @pytest.mark.cluster
