@@ -13,7 +13,16 @@ import optuna
 import psycopg
 import pytest
 import yaml
-from cluster_services import cli, cli_env, run_cli, steps, study_yaml, trial_runs, wait_for
+from cluster_services import (
+    PG_PASSWORD,
+    cli,
+    cli_env,
+    run_cli,
+    steps,
+    study_yaml,
+    trial_runs,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -99,7 +108,7 @@ def test_search_on_postgres_resumes_the_same_optuna_study(
 
     resumed = run_cli(study, *args, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "password" not in resumed.stdout.replace("(password: see", "")  # URL shown hidden
+    assert PG_PASSWORD not in resumed.stdout + resumed.stderr  # URLs are shown with ***
 
     # the same Optuna study (same id in the same database), continued: all trials complete,
     # none repeated, the ones finished before the interruption kept as they were
