@@ -4,8 +4,8 @@ Resources force placement: a `workers_per_trial: 2` trial asking `resources.cust
 per worker needs both slot nodes; asking `{pair: 1}` it runs on the pair node alone. Case 2:
 the two-node trial trains, its metrics equal the one-node trial's (same seed: gloo all-reduce
 over loopback is the same sum), its checkpoint is on the shared storage path; again with
-`loader: ffcv`. Case 3: the raylet of the node a trial runs on is SIGKILLed by its PID; the
-trial resumes from its last checkpoint on the other slot node, every epoch in MLflow exactly
+`loader: ffcv`. Case 3: the node a trial runs on dies (its raylet SIGKILLed by PID, with the
+worker processes it started); the trial resumes from its last checkpoint on the other slot node, every epoch in MLflow exactly
 once, exit 0."""
 
 from __future__ import annotations
@@ -164,6 +164,20 @@ def _raylet_pid(node: object) -> int:
     return info.process.pid
 
 
+def _kill_node(node: object) -> None:
+    """The machine of a node dies: SIGKILL its raylet by PID, and with it the worker processes
+    the raylet started (on a real machine they go with it; a bare raylet kill leaves a running
+    actor's process working on without its node)."""
+    import psutil
+
+    raylet = psutil.Process(_raylet_pid(node))
+    workers = raylet.children(recursive=True)
+    assert workers, "the node runs no worker process: nothing would be lost"
+    raylet.send_signal(signal.SIGKILL)
+    for proc in workers:
+        proc.send_signal(signal.SIGKILL)
+
+
 def test_node_killed_mid_trial(four_nodes, tmp_path: Path) -> None:
     """Runs last in this module: it leaves one slot node dead."""
     cluster, nodes = four_nodes
@@ -193,7 +207,7 @@ def test_node_killed_mid_trial(four_nodes, tmp_path: Path) -> None:
         first_node = run.data.tags["ncstudy.node_id"]
         role = next(r for r, n in nodes.items() if n.node_id == first_node)
         assert role in ("slot_a", "slot_b")  # the resource placed it on a slot node
-        os.kill(_raylet_pid(nodes[role]), signal.SIGKILL)
+        _kill_node(nodes[role])
         out = proc.communicate(timeout=600)[0]
     finally:
         if proc.poll() is None:
@@ -202,7 +216,9 @@ def test_node_killed_mid_trial(four_nodes, tmp_path: Path) -> None:
     (run,) = trial_runs(mlf, "node-dies")
     assert run.info.status == "FINISHED"
     survivor = {"slot_a": "slot_b", "slot_b": "slot_a"}[role]
-    assert run.data.tags["ncstudy.node_id"] == nodes[survivor].node_id  # resumed elsewhere
+    ids = {r: n.node_id for r, n in nodes.items()}
+    where = {"tag": run.data.tags["ncstudy.node_id"], "killed": role, "nodes": ids, "out": out}
+    assert run.data.tags["ncstudy.node_id"] == nodes[survivor].node_id, where  # resumed elsewhere
     # every epoch exactly once: a restart from scratch would log epochs 1 and 2 again, a lost
     # checkpoint would skip one
     assert steps(mlf, run.info.run_id, "epoch") == list(range(1, epochs + 1))
