@@ -5,8 +5,8 @@ per worker needs both slot nodes; asking `{pair: 1}` it runs on the pair node al
 the two-node trial trains, its metrics equal the one-node trial's (same seed: gloo all-reduce
 over loopback is the same sum), its checkpoint is on the shared storage path; again with
 `loader: ffcv`. Case 3: the node a trial runs on dies (its raylet SIGKILLed by PID, with the
-worker processes it started); the trial resumes from its last checkpoint on the other slot node, every epoch in MLflow exactly
-once, exit 0."""
+worker processes it started); the trial resumes from its last checkpoint on the other slot
+node, every epoch in MLflow exactly once, exit 0."""
 
 from __future__ import annotations
 
