@@ -88,7 +88,7 @@ def _train_workers_by_node(address: str) -> dict[str, int]:
     return out
 
 
-def _ddp_study(tmp: Path, name: str, resource: str, **dataset: object) -> Path:
+def _ddp_study(tmp: Path, name: str, resource: str, dataset: dict | None) -> Path:
     return study_yaml(
         tmp, name,
         losses=[{"name": "normface"}],
@@ -104,14 +104,16 @@ def _histories(mlf: MlflowClient, run_id: str) -> dict[str, list[float]]:
     return {n: [m.value for m in mlf.get_metric_history(run_id, n)] for n in names}
 
 
-def _two_nodes_vs_one(four_nodes, tmp_path: Path, shared: Path, tag: str, **dataset) -> None:
+def _two_nodes_vs_one(
+    four_nodes, tmp_path: Path, shared: Path, tag: str, dataset: dict | None = None
+) -> None:
     cluster, nodes = four_nodes
     env = cli_env()  # MLflow in a SQLite file on the shared path (NCSTUDY_SHARED_FS=1)
     procs = {}
     for resource in ("slot", "pair"):
         folder = tmp_path / resource
         folder.mkdir()
-        study = _ddp_study(folder, f"ddp-{tag}-{resource}", resource, **dataset)
+        study = _ddp_study(folder, f"ddp-{tag}-{resource}", resource, dataset)
         args = ("--address", cluster.address, "--storage-path", str(shared))
         procs[resource] = (folder, subprocess.Popen(cli(study, *args), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env=env))  # fmt: skip
@@ -154,7 +156,7 @@ def test_one_ffcv_trial_across_two_nodes(four_nodes, tmp_path: Path) -> None:
     write_beton([*args, "--out", str(betons)])
     dataset = {"name": "cifar10_jpeg", "root": str(root), "loader": "ffcv",
                "beton_dir": str(betons), "image_size": 16, "augment": False}  # fmt: skip
-    _two_nodes_vs_one(four_nodes, tmp_path, shared, "ffcv", **dataset)
+    _two_nodes_vs_one(four_nodes, tmp_path, shared, "ffcv", dataset)
 
 
 def _raylet_pid(node: object) -> int:
