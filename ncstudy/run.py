@@ -126,10 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(trial_table(trials, overrides) if study.search is None else search_table(study))
             return 0
         from ncstudy.cluster import resolve_address
-        from ncstudy.services import check_services
 
         address = resolve_address(args.address)
-        check_services(address, search=study.search is not None)  # before anything is written
         if address is None:  # local: the data is here, check every path before Ray starts
             from ncstudy.data.preflight import check_study_data
 

@@ -61,6 +61,9 @@ def run_study(
 ) -> list[TrialRow]:
     """Run (or resume) every trial of the study; returns the summary rows. Everything that can
     refuse the study is checked before anything is written (StudyError)."""
+    from ncstudy.services import check_services
+
+    check_services(address, search=study.search is not None)  # Ray, MLflow, Optuna DB answer
     trials = None if study.search is not None else expand(study)
     paths = StudyPaths.of(study, storage_path)
     check_can_start(study, resume, paths, trials)
