@@ -1,8 +1,8 @@
 """Case 1, autoscaling for real: Ray's fake multi-node provider (the one Ray's autoscaler tests
-use) with a head that has no room for trials and one worker type (`min_workers: 0`,
-`max_workers: 2`) carrying a custom resource `accel` that stands in for a GPU. A study whose
-trials ask `resources.custom: {accel: 1}` makes the autoscaler add nodes; its trials run on
-them; the idle nodes are removed afterwards.
+use) with a head that has no room for these trials (no `accel`) and one worker type
+(`min_workers: 0`, `max_workers: 2`) carrying a custom resource `accel` that stands in for a
+GPU. A study whose trials ask `resources.custom: {accel: 1}` makes the autoscaler add nodes;
+its trials run on them; the idle nodes are removed afterwards.
 
 AutoscalingCluster runs `ray stop --force` (kills every Ray process it can see): this test runs
 only inside its own PID + network namespace, launched by tests/cluster/isolated.sh (.ci/run does
@@ -37,7 +37,9 @@ def autoscaling_cluster():
     import ray
 
     cluster = FakeAutoscalingCluster(
-        head_resources={"CPU": 0},  # the head runs no trial
+        # a CPU the trials could use but no `accel`: a trial that lost its custom resource
+        # request would run here, on no added node, and fail the node-id check below
+        head_resources={"CPU": 1},
         worker_node_types={
             "accel_node": {
                 "resources": {"CPU": 1, "accel": 1},
