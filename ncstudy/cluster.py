@@ -122,6 +122,39 @@ def check_tracking_uri(tracking_uri: str, shared_fs: bool | None = None) -> None
         )
 
 
+# Resource names Ray manages itself (the study has fields for CPUs and GPUs).
+_RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def check_custom_resources(custom: Mapping[str, Any]) -> dict[str, float]:
+    """``resources.custom``: ``{name: amount}`` of custom Ray resources per worker. Names are
+    Ray resource names other than CPU/GPU/memory; amounts positive and finite, and whole
+    numbers above 1 (Ray refuses fractional amounts above 1)."""
+    if not isinstance(custom, Mapping):
+        raise ValueError(f"resources.custom must map resource names to amounts (got {custom!r})")
+    out: dict[str, float] = {}
+    for name, amount in custom.items():
+        where = f"resources.custom.{name}"
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(f"resources.custom: resource name {name!r} must be a plain name")
+        if name in _RESERVED_RESOURCES or name.startswith("node:"):
+            raise ValueError(
+                f"{where}: {name} is managed by Ray; use cpus_per_worker / gpus_per_worker "
+                "for CPUs and GPUs, and custom names for anything else"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise ValueError(f"{where}: the amount must be a number (got {amount!r})")
+        if not math.isfinite(amount) or amount <= 0:
+            raise ValueError(f"{where}: the amount must be positive and finite (got {amount!r})")
+        if amount > 1 and not float(amount).is_integer():
+            raise ValueError(
+                f"{where}: Ray takes fractional amounts only up to 1 (got {amount!r}); use a "
+                "whole number or a fraction <= 1"
+            )
+        out[name] = float(amount)
+    return out
+
+
 def _number(per_trial: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
     """Read a numeric field of ``per_trial`` and check its lower bound, naming the field."""
     value = per_trial.get(key, default)
@@ -134,9 +167,10 @@ def trial_demand(per_trial: Mapping[str, Any]) -> dict[str, float]:
     """Total resources one trial holds: its driver's CPUs plus workers x per-worker CPUs/GPUs.
 
     Keys of ``per_trial``: ``workers_per_trial`` (int >= 1), ``cpus_per_worker`` (default 1),
-    ``gpus_per_worker`` (default 0), ``driver_cpus`` (the Tune trial's own share, default 1).
+    ``gpus_per_worker`` (default 0), ``driver_cpus`` (the Tune trial's own share, default 1),
+    ``custom`` (``{name: amount}`` custom Ray resources per worker, default none).
     """
-    known = {"workers_per_trial", "cpus_per_worker", "gpus_per_worker", "driver_cpus"}
+    known = {"workers_per_trial", "cpus_per_worker", "gpus_per_worker", "driver_cpus", "custom"}
     unknown = sorted(set(per_trial) - known)
     if unknown:
         raise ValueError(f"unknown resources field(s) {unknown}; expected some of {sorted(known)}")
@@ -146,7 +180,12 @@ def trial_demand(per_trial: Mapping[str, Any]) -> dict[str, float]:
     cpus = _number(per_trial, "cpus_per_worker", 1.0, 0.0)
     gpus = _number(per_trial, "gpus_per_worker", 0.0, 0.0)
     driver = _number(per_trial, "driver_cpus", 1.0, 0.0)
-    return {"CPU": driver + workers * cpus, "GPU": workers * gpus}
+    custom = check_custom_resources(per_trial.get("custom", {}))
+    return {
+        "CPU": driver + workers * cpus,
+        "GPU": workers * gpus,
+        **{name: workers * amount for name, amount in custom.items()},
+    }
 
 
 def max_concurrent_trials(
@@ -189,11 +228,12 @@ def max_concurrent_trials(
             f"one trial needs {demand} but the Ray cluster has {have} now; if it autoscales "
             "(GPU workers that start from zero), set resources.max_concurrent_trials in the "
             "study YAML (how many trials may run at once; the autoscaler adds nodes for them), "
-            "else lower resources.workers_per_trial / cpus_per_worker / gpus_per_worker or add "
-            "nodes"
+            "else lower resources.workers_per_trial / cpus_per_worker / gpus_per_worker / "
+            "custom or add nodes"
         )
     raise ValueError(
         f"one trial needs {demand} but this machine's Ray has {have}; lower "
-        "resources.workers_per_trial / cpus_per_worker / gpus_per_worker, or run on a cluster "
+        "resources.workers_per_trial / cpus_per_worker / gpus_per_worker / custom, or run on a "
+        "cluster "
         "(--address)"
     )

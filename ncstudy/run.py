@@ -2,8 +2,9 @@
 
 Exit codes: 0 all trials finished; 1 some trial failed; 2 the study could not start (bad YAML,
 existing study without --resume, edited study with --resume, no trial fits, unwritable output
-folder); 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (`ray job stop`, a pod
-eviction): resume later with --resume.
+folder, a Ray cluster / MLflow server / database that does not answer or refuses the login);
+130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (`ray job stop`, a pod eviction):
+resume later with --resume.
 """
 
 from __future__ import annotations

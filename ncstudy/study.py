@@ -21,6 +21,7 @@ from ncstudy.cluster import check_storage_path, check_tracking_uri
 from ncstudy.config import StudySpec, TrialSpec, expand
 from ncstudy.paths import MARKER, StudyError, StudyPaths
 from ncstudy.resume import check_can_start
+from ncstudy.services import check_services
 from ncstudy.summary import TrialRow, format_summary, mlflow_ui_command, summarize
 from ncstudy.targets import StudyTarget
 from ncstudy.tuning import TRAIN_DRIVER_CPU, build_tuner, concurrency, grid_plan, search_plan
@@ -67,6 +68,7 @@ def run_study(
 ) -> list[TrialRow]:
     """Run (or resume) every trial of the study; returns the summary rows. Everything that can
     refuse the study is checked before anything is written (StudyError)."""
+    check_services(address, search=study.search is not None)  # Ray, MLflow, Optuna DB answer
     trials = None if study.search is not None else expand(study)
     paths = StudyPaths.of(study, storage_path)
     check_can_start(study, resume, paths, trials)

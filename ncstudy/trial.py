@@ -80,6 +80,7 @@ def _train_with_ray_train(trial: TrialSpec, run: RunTarget, train_storage: str) 
     per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = r.gpus_per_worker
+    per_worker.update(r.custom)  # resources.custom: per worker, like GPUs
     # A stable Train run name per trial: a retried Tune trial resumes the same Train run from
     # its last checkpoint instead of starting over.
     trainer = TorchTrainer(

@@ -128,7 +128,7 @@ def trial_resources(trial: TrialSpec) -> dict[str, float]:
     res = {"cpu": r.cpus_per_worker}
     if r.gpus_per_worker:
         res["gpu"] = r.gpus_per_worker
-    return res
+    return {**res, **r.custom}  # the fast path's Tune process is the worker
 
 
 def concurrency(study: StudySpec, trial: TrialSpec, existing_cluster: bool = False) -> int:
@@ -141,6 +141,7 @@ def concurrency(study: StudySpec, trial: TrialSpec, existing_cluster: bool = Fal
         "workers_per_trial": r.workers_per_trial,
         "cpus_per_worker": r.cpus_per_worker,
         "gpus_per_worker": r.gpus_per_worker,
+        "custom": r.custom,
         # the fast path's Tune process is the worker; a Train trial's Tune process only waits
         "driver_cpus": TRAIN_DRIVER_CPU if uses_train(trial) else 0.0,
     }

@@ -239,6 +239,18 @@ class ResourcesSpec(Strict):
     single_worker_fastpath: bool = Field(
         True, description="run 1-worker trials in the Tune process (same loop, no Train start-up)"
     )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per worker, {name: amount} (e.g. an accelerator type "
+        "of a cluster's worker group); trials wait for nodes that have them",
+    )
+
+    @field_validator("custom", mode="before")  # before pydantic turns true / "1" into 1.0
+    @classmethod
+    def _custom_amounts(cls, value: Any) -> dict[str, float]:
+        from ncstudy.cluster import check_custom_resources
+
+        return check_custom_resources(value)
 
 
 class UFMSpec(Strict):
