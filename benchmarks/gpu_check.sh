@@ -44,7 +44,7 @@ else
     exit 2
   fi
 fi
-"$PY" -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ray', ray.__version__)"
+"$PY" -c "import importlib.util as u, torch; ray = u.find_spec('ray') and __import__('ray'); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ray', ray.__version__ if ray else 'not installed')"
 
 echo "== stage 1: GPU-marked tests"
 timeout 300 "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider --junitxml="$WORK/gpu-tests.xml" \

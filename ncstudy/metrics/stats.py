@@ -146,7 +146,7 @@ class NCAccumulator:
         dtype: torch.dtype = torch.float64,
         reference_means: Tensor | None = None,
         nc4_cache_bytes: int = 1 << 30,
-        scatter_buffer_rows_per_class: int = 64,
+        scatter_buffer_rows_per_class: int | None = None,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -171,10 +171,7 @@ class NCAccumulator:
         self._scatter_normalized_untracked = torch.zeros(d, d, **kw)
         self.intra_classes = intra_class_subset(K, max_intra_classes).to(self.device)
         self.scatter_normalized = torch.zeros(len(self.intra_classes), d, d, **kw)
-        # Tracked rows wait here until about `scatter_buffer_rows_per_class` per class.
-        self._pending: list[tuple[Tensor, Tensor]] = []
-        self._pending_rows = 0
-        self._flush_rows = max(1, scatter_buffer_rows_per_class * len(self.intra_classes))
+        self._set_buffering(scatter_buffer_rows_per_class)
         self._slot = torch.full((K,), -1, dtype=torch.long, device=self.device)
         self._slot[self.intra_classes] = torch.arange(len(self.intra_classes), device=self.device)
         self._tracked = self._slot >= 0
@@ -190,6 +187,24 @@ class NCAccumulator:
         self._frozen = False  # set by statistics(), which hands out the tensors without copies
         self._nc4_result: tuple[float | None, float | None, str | None] = (None, None, None)
         self._result: NCStatistics | None = None
+
+    def _set_buffering(self, rows_per_class: int | None) -> None:
+        """Tracked rows wait in `_pending` until about `rows_per_class` per class (64 on the CPU;
+        1024 on an accelerator, where memory is plentiful and each flush reads back sizes).
+        With every class tracked and every class shifted, update() never waits for the device
+        (no host reads): on a GPU the accumulation then overlaps the next batch's forward.
+        The label range is checked at once on the CPU; on an accelerator it is counted on the
+        device and raised by statistics()/all_reduce() (a per-batch check would sync)."""
+        on_cpu = self.device.type == "cpu"
+        if rows_per_class is None:
+            rows_per_class = 64 if on_cpu else 1024
+        self._pending: list[tuple[Tensor, Tensor]] = []
+        self._pending_rows = 0
+        self._flush_rows = max(1, rows_per_class * len(self.intra_classes))
+        self._all_tracked = len(self.intra_classes) == self.num_classes
+        self._all_shifted = False
+        self._defer_label_check = not on_cpu
+        self._bad_labels = torch.zeros((), dtype=torch.long, device=self.device)
 
     def _check_batch(self, features: Tensor, labels: Tensor, predictions: Tensor | None) -> None:
         """Raise a ValueError naming the field when a batch does not fit this accumulator."""
@@ -212,9 +227,7 @@ class NCAccumulator:
         self._check_batch(features, labels, predictions)
         if features.shape[0] == 0:
             return
-        labels = labels.to(self.device, torch.long)
-        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got a label outside")
+        labels = self._checked_labels(labels.to(self.device, torch.long))
         raw = features.detach().to(self.device)
         h = raw.to(self.dtype)
         z = F.normalize(h, dim=1)
@@ -232,8 +245,29 @@ class NCAccumulator:
         if predictions is not None:
             self._add_predictions(raw, h, predictions.to(self.device, torch.long))
 
+    def _checked_labels(self, labels: Tensor) -> Tensor:
+        """`labels`, known to lie in [0, K): checked now, or (deferred) counted and clamped so
+        that the index operations stay in range until the check raises."""
+        k = self.num_classes
+        if not self._defer_label_check:
+            if int(labels.min()) < 0 or int(labels.max()) >= k:
+                raise ValueError(f"labels must lie in [0, {k}), got a label outside")
+            return labels
+        self._bad_labels += ((labels < 0) | (labels >= k)).sum()
+        return labels.clamp(0, k - 1)
+
+    def _raise_on_bad_labels(self) -> None:
+        """The deferred label check (one host read per pass)."""
+        if self._defer_label_check and int(self._bad_labels) > 0:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got {int(self._bad_labels)} "
+                "labels outside"
+            )
+
     def _set_shifts(self, h: Tensor, z: Tensor, labels: Tensor) -> None:
         """Classes seen for the first time take their first row of this batch as their shift."""
+        if self._all_shifted:
+            return
         new = ~self._has_shift[labels]
         if not bool(new.any()):
             return
@@ -244,10 +278,14 @@ class NCAccumulator:
         self.shift[classes] = h[first[classes]]
         self.shift_normalized[classes] = z[first[classes]]
         self._has_shift[classes] = True
+        self._all_shifted = bool(self._has_shift.all())
 
     def _add_normalized_scatter(self, zc: Tensor, labels: Tensor) -> None:
         """Untracked rows go into one pooled scatter; tracked rows are buffered per class."""
         slots = self._slot[labels]
+        if self._all_tracked:  # no mask to read back: the whole batch is buffered
+            self._buffer_tracked(slots, zc, len(labels))
+            return
         untracked = slots < 0
         if bool(untracked.all()):
             add_gram(self._scatter_normalized_untracked, zc)
@@ -255,8 +293,11 @@ class NCAccumulator:
         if bool(untracked.any()):
             add_gram(self._scatter_normalized_untracked, zc[untracked])
         tracked = ~untracked
-        self._pending.append((slots[tracked], zc[tracked]))
-        self._pending_rows += int(tracked.sum())
+        self._buffer_tracked(slots[tracked], zc[tracked], int(tracked.sum()))
+
+    def _buffer_tracked(self, slots: Tensor, zc: Tensor, rows: int) -> None:
+        self._pending.append((slots, zc))
+        self._pending_rows += rows
         if self._pending_rows >= self._flush_rows:
             self._flush_scatter()
 
@@ -278,8 +319,8 @@ class NCAccumulator:
         """Cache features for exact nc4; score against reference means when those were given."""
         if self._reference_means is not None:
             nearest = nearest_class_mean(h, self._reference_means, self._reference_valid())
-            self._reference_counts[0] += float((nearest != predictions).sum())
-            self._reference_counts[1] += float(predictions.numel())
+            self._reference_counts[0] += (nearest != predictions).sum()  # no host read
+            self._reference_counts[1] += predictions.numel()
         if self._cache_overflowed:
             return
         size = raw.numel() * raw.element_size() + predictions.numel() * 8
@@ -304,6 +345,7 @@ class NCAccumulator:
 
         if self._frozen:
             raise RuntimeError("all_reduce() after statistics(): call it before statistics()")
+        self._raise_on_bad_labels()
         if not (dist.is_available() and dist.is_initialized()):
             return
         if self._reduced:
@@ -390,6 +432,7 @@ class NCAccumulator:
         """
         if self._result is not None:
             return self._result
+        self._raise_on_bad_labels()
         self._flush_scatter()
         self._nc4_result = self._nc4()
         self._cache, self._cache_bytes = [], 0

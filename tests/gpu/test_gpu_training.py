@@ -80,6 +80,10 @@ def test_worker_loop_trains_with_amp_on_device(tmp_path, device: torch.device) -
 
 def test_one_gpu_ray_train_trial_end_to_end(tmp_path, device: torch.device) -> None:
     """Tune -> Ray Train TorchTrainer (NCCL on CUDA, gloo in the dry run) -> MLflow."""
+    # A GPU machine without the study stack (a bare CUDA image: Ray's wheel alone is larger
+    # than what can be carried there) still runs the other GPU checks; this one says why not.
+    pytest.importorskip("ray", reason="Ray is not installed here: no Ray Train trial to run")
+    pytest.importorskip("mlflow", reason="MLflow is not installed here: no study to record")
     from ncstudy.study import run_study
 
     study = digits_study(str(tmp_path), device, single_worker_fastpath=False)
