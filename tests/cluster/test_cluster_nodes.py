@@ -224,5 +224,10 @@ def test_node_killed_mid_trial(four_nodes, tmp_path: Path) -> None:
     # every epoch exactly once: a restart from scratch would log epochs 1 and 2 again, a lost
     # checkpoint would skip one
     assert steps(mlf, run.info.run_id, "epoch") == list(range(1, epochs + 1))
-    alive = dict(_ray_query(cluster.address, "[(n['NodeID'], n['Alive']) for n in ray.nodes()]"))
-    assert alive[nodes[role].node_id] is False
+
+    # the GCS marks the node dead once its health checks fail (seconds; longer under load)
+    def marked_dead() -> bool:
+        query = "[(n['NodeID'], n['Alive']) for n in ray.nodes()]"
+        return dict(_ray_query(cluster.address, query))[nodes[role].node_id] is False
+
+    wait_for(marked_dead, 120, "the GCS to mark the killed node dead")
