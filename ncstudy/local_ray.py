@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any
 
+from ncstudy import reaper
+
 LOOPBACK = "127.0.0.1"
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants
 
@@ -24,8 +26,6 @@ def local_ray_kwargs() -> dict[str, Any]:
     """ray.init keyword arguments for a local Ray that listens on 127.0.0.1 only; sets the
     environment its processes inherit and starts the watcher that ends them with this process
     (ncstudy/reaper.py). Call right before ray.init."""
-    from ncstudy import reaper
-
     reaper.start()
     os.environ[CLUSTER_ENV] = "0"
     constants = sys.modules.get("ray._private.ray_constants")

@@ -92,6 +92,7 @@ def check_tracking_uri(uri: str, timeout: float = TIMEOUT_S) -> None:
 def check_database(url: str, setting: str, timeout: float = TIMEOUT_S) -> None:
     """Log in to the database of ``url`` once (a wrong password, host or database name fails
     here, named, without showing the password). SQLite files are not checked."""
+    # sqlalchemy: only when a database URL is checked
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -123,6 +124,6 @@ def check_database(url: str, setting: str, timeout: float = TIMEOUT_S) -> None:
 
 def _null_pool() -> type:
     """No connection pool: the check opens one connection and closes it."""
-    from sqlalchemy.pool import NullPool
+    from sqlalchemy.pool import NullPool  # sqlalchemy: only when a database URL is checked
 
     return NullPool

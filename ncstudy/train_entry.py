@@ -13,6 +13,7 @@ from typing import Any
 
 def ray_train_entry(config: dict[str, Any]) -> None:
     """TorchTrainer's train_loop_per_worker: ncstudy.train.ray_train_entry, imported here."""
+    # the worker loop (torch, torchvision): only in the workers, not the controller
     from ncstudy.train import ray_train_entry as entry
 
     entry(config)

@@ -30,7 +30,7 @@ def check_study_inputs(study: StudySpec, paths: StudyPaths) -> None:
     if mlflow_db is not None:
         check_sqlite_store(mlflow_db, "MLflow", MLFLOW_TABLES)
     if study.search is not None:
-        from ncstudy.search import optuna_storage_url
+        from ncstudy.search import optuna_storage_url  # optuna and Ray: only for searches
 
         optuna_db = sqlite_path(optuna_storage_url(paths.study_dir))
         if optuna_db is not None:

@@ -181,6 +181,7 @@ class ConvergenceSpec(Strict):
     @field_validator("reference_loss")
     @classmethod
     def _known_loss(cls, name: str) -> str:
+        # the loss registry imports torch: only while a study is validated
         from ncstudy.losses import list_losses
 
         if name not in list_losses():

@@ -6,7 +6,19 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ncstudy.cluster import check_custom_resources
+from ncstudy.config.errors import error_message
+from ncstudy.data import list_datasets
 
 UFM_MODEL = "ufm"  # model.name of unconstrained-feature-model trials (no encoder, no dataset)
 
@@ -70,6 +82,7 @@ class DatasetSpec(Strict):
                     "beton_dir: loader: ffcv needs the folder of the .beton files "
                     "(write them with `python -m data_prep.write_beton`)"
                 )
+            # imports torch and torchvision: only for loader: ffcv
             from ncstudy.data.ffcv_loader import require_ffcv
 
             require_ffcv(import_it=False)  # importing FFCV (numba) costs seconds
@@ -78,8 +91,6 @@ class DatasetSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from ncstudy.data import list_datasets
-
         if name not in list_datasets():
             raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(list_datasets())}")
         return name
@@ -104,6 +115,7 @@ class ModelSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
+        # the model registry imports torch: only while a study is validated
         from ncstudy.models import list_models
 
         if name != UFM_MODEL and name not in list_models():
@@ -116,7 +128,7 @@ class ModelSpec(Strict):
         # Per-model defaults (resnet50: width 64, feature_dim 2048), filled in but not marked as
         # set, so a `model.name` grid axis re-derives them for each model.
         if self.name != UFM_MODEL:
-            from ncstudy.models import model_dims
+            from ncstudy.models import model_dims  # the model registry imports torch
 
             width, feature_dim = model_dims(self.name, self.width, self.feature_dim)
             self.__dict__.update(width=width, feature_dim=feature_dim)
@@ -171,6 +183,7 @@ class LossSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> LossSpec:
+        # the loss registry imports torch: only while a study is validated
         from ncstudy.losses import list_losses, takes_temperature, validate_loss_params
 
         if self.name not in list_losses():
@@ -248,8 +261,6 @@ class ResourcesSpec(Strict):
     @field_validator("custom", mode="before")  # before pydantic turns true / "1" into 1.0
     @classmethod
     def _custom_amounts(cls, value: Any) -> dict[str, float]:
-        from ncstudy.cluster import check_custom_resources
-
         return check_custom_resources(value)
 
 
@@ -319,10 +330,6 @@ def _check_temperatures(values: list[float]) -> list[float]:
 def _check_train_override(values: dict[str, Any]) -> dict[str, Any]:
     """A loss's `train:` override: known TrainSpec fields (extra="forbid"), each value valid on
     its own; the merged recipe is checked by `_check_loss_train`."""
-    from pydantic import TypeAdapter
-
-    from ncstudy.config.errors import error_message
-
     fields = TrainSpec.model_fields
     out: dict[str, Any] = {}
     for key, value in values.items():

@@ -5,6 +5,8 @@ transfer or ImageNet-C path only after training finished. The checks are cheap (
 layout: folders, class folders, the first image of a class; batch sizes against the training
 split sizes counted from class folders), never a dataset load.
 On a cluster the data lives on the workers, so `ncstudy.run` skips them there.
+The dataset modules (torch, torchvision: seconds) are imported inside the checks, so the driver
+loads them only when there is data to check (a UFM study has none).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ncstudy.config import UFM_MODEL, SpecError, StudySpec, expand
+from ncstudy.data.split_sizes import train_split_size
 
 
 def check_study_data(study: StudySpec) -> None:
@@ -62,8 +65,6 @@ def _check_batch_sizes(study: StudySpec) -> None:
     """Every batch size fits its training split: each worker's share of the split holds at
     least one batch (the loaders drop the last partial batch, so a larger batch trains on
     nothing). Inside a trial this is a deterministic error that no retry can fix."""
-    from ncstudy.data.split_sizes import train_split_size
-
     workers = study.resources.workers_per_trial
     if study.search is not None:
         searched = study.search.space.get("batch_size", [])
@@ -100,6 +101,7 @@ def _fail(field: str, spec: Any, message: str) -> SpecError:
 
 
 def _check_dataset(spec: Any) -> None:
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import IMAGENET_CLASSES
 
     if spec.name.startswith(("cifar10", "cifar100")) and "jpeg" not in spec.name:
@@ -117,6 +119,7 @@ def _check_dataset(spec: Any) -> None:
 
 
 def _check_cifar(spec: Any) -> None:
+    # torch, torchvision: see the module docstring
     from ncstudy.data.cifar import ARCHIVES, cifar_root
 
     which = spec.name.removesuffix("_lt")
@@ -133,6 +136,7 @@ def _check_cifar(spec: Any) -> None:
 
 
 def _check_cifar10_jpeg(spec: Any, field: str = "dataset.root") -> None:
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import NO_CIFAR10_JPEG, cifar10_jpeg_cache, shared_cifar10_zip
 
     if spec.root is not None:
@@ -148,6 +152,7 @@ def _check_cifar10_jpeg(spec: Any, field: str = "dataset.root") -> None:
 
 def _check_tree(root: Path, field: str, spec: Any, classes: int | None) -> None:
     """An ImageFolder tree: train/<class>/ with images, val/ or test/ with the same classes."""
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import TEST_SPLITS
 
     layout = "train/<class>/*.jpg and val/<class>/*.jpg (or test/)"
@@ -188,6 +193,7 @@ def _class_folders(split_dir: Path) -> list[str] | None:
 
 
 def _has_image(folder: Path) -> bool:
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import IMAGE_SUFFIXES
 
     with os.scandir(folder) as entries:
@@ -195,6 +201,7 @@ def _has_image(folder: Path) -> bool:
 
 
 def _check_ffcv(spec: Any) -> None:
+    # torch, torchvision: see the module docstring
     from ncstudy.data.ffcv_loader import BETON_NAMES, beton_path, require_ffcv
 
     try:
@@ -212,6 +219,7 @@ def _check_ffcv(spec: Any) -> None:
 
 
 def _check_transfer(ds: Any, field: str) -> None:
+    # torch, torchvision: see the module docstring
     from ncstudy.evaluate.transfer import (
         TORCHVISION_FOLDERS,
         downstream_root,
@@ -244,6 +252,7 @@ def _check_transfer(ds: Any, field: str) -> None:
 def _check_imagenet_c(spec: Any, dataset: Any) -> None:
     """Every requested `<root>/<corruption>/<severity>/` exists; on ImageFolder-type training
     sets its class folders are the training classes (labels are folder positions)."""
+    # torch: see the module docstring
     from ncstudy.evaluate.corruptions import check_same_classes
 
     field = "evaluation.corruptions.imagenet_c_root"
@@ -276,6 +285,7 @@ def _check_imagenet_c(spec: Any, dataset: Any) -> None:
 
 def _tree_root(dataset: Any) -> Path | None:
     """The ImageFolder root a training set reads its class names from (None: CIFAR pickles)."""
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import IMAGENET_CLASSES, cifar10_jpeg_cache
 
     if dataset.name in ("imagefolder", *IMAGENET_CLASSES) and dataset.root is not None:

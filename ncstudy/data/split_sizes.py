@@ -1,7 +1,9 @@
 """The size of a dataset's training split without loading it, for the pre-flight: the
 official per-class counts (fixed for CIFAR and digits, counted file names for ImageFolder trees
 and the CIFAR-10 JPEG zip) put through the same split functions the loaders use
-(`split_official`, `stratified_split`), which depend only on the labels, so the size is exact."""
+(`split_official`, `stratified_split`), which depend only on the labels, so the size is exact.
+The loader modules (torch, torchvision) are imported inside the functions, so importing the
+pre-flight (ncstudy/data/preflight.py) stays light."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def train_split_size(spec: Any) -> int | None:
     """Images in the training split of `spec` (after subset, long tail and val hold-out), or
     None when the data cannot be counted here. Raises ValueError naming the field when the
     split itself is impossible (e.g. subset_per_class above the smallest class)."""
+    # torch, torchvision: see the module docstring
     from ncstudy.data.digits import stratified_split
     from ncstudy.data.images import split_official
 
@@ -42,6 +45,7 @@ def train_split_size(spec: Any) -> int | None:
 
 def _train_class_counts(spec: Any) -> list[int] | None:
     """Images per class of the official training set, in class order."""
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import IMAGENET_CLASSES, cifar10_jpeg_cache, shared_cifar10_zip
 
     base = spec.name.removesuffix("_lt")
@@ -61,6 +65,7 @@ def _train_class_counts(spec: Any) -> list[int] | None:
 
 def _tree_counts(split_dir: Path) -> list[int] | None:
     """Image files per class folder of `split_dir` (sorted classes, as ImageFolder)."""
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import IMAGE_SUFFIXES
 
     if not split_dir.is_dir():
@@ -76,6 +81,7 @@ def _tree_counts(split_dir: Path) -> list[int] | None:
 
 def _zip_counts(zip_path: Path) -> list[int]:
     """Image files per class of the zip's train split (`<top>/train/<class>/<file>`)."""
+    # torch, torchvision: see the module docstring
     from ncstudy.data.imagefolder import IMAGE_SUFFIXES
 
     per_class: dict[str, int] = {}

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.linalg.blas import dsyrk
 from threadpoolctl import ThreadpoolController
@@ -72,8 +73,6 @@ REDUCE_CHUNK_ELEMENTS = 1 << 24
 
 def all_reduce_in_place(tensor: Tensor, group: Any = None) -> None:
     """Sum a contiguous tensor over all ranks in place, in chunks of REDUCE_CHUNK_ELEMENTS."""
-    import torch.distributed as dist
-
     flat = tensor.view(-1)  # a view: the chunks write straight into `tensor`
     for start in range(0, flat.numel(), REDUCE_CHUNK_ELEMENTS):
         dist.all_reduce(flat[start : start + REDUCE_CHUNK_ELEMENTS], group=group)
@@ -341,8 +340,6 @@ class NCAccumulator:
 
     def all_reduce(self, group: object | None = None) -> None:
         """Sum every statistic across torch.distributed ranks (no-op when not initialised)."""
-        import torch.distributed as dist
-
         if self._frozen:
             raise RuntimeError("all_reduce() after statistics(): call it before statistics()")
         self._raise_on_bad_labels()

@@ -15,15 +15,19 @@ import base64
 import json
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
@@ -88,9 +92,6 @@ def check_page(
 
 def _devtools_url(proc: subprocess.Popen, timeout: float) -> str:
     """The browser's DevTools websocket, from the line Chromium prints when it listens."""
-    import selectors
-    import time
-
     sel = selectors.DefaultSelector()
     sel.register(proc.stderr, selectors.EVENT_READ)  # type: ignore[arg-type]
     seen, end = [], time.monotonic() + timeout
@@ -109,8 +110,6 @@ def _devtools_url(proc: subprocess.Popen, timeout: float) -> str:
 
 
 async def _drive(url: str, index: Path, screenshot: Path | None, width: int) -> PageCheck:
-    import aiohttp
-
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         cdp = _Cdp(ws)
         target = await cdp.call("Target.createTarget", url="about:blank")

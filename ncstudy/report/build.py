@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,8 @@ def selection_line(spec: Any) -> str:
 def copy_metrics_doc(out_dir: Path) -> Path:
     """docs/metrics.md (shipped in the package as ncstudy/report/metrics.md) next to the report,
     so its links to the metric definitions work offline and in MLflow's artifact view."""
-    from importlib.resources import files
-
     target = out_dir / METRICS_DOC
-    target.write_text(files("ncstudy.report").joinpath("metrics.md").read_text())
+    target.write_text(resources.files("ncstudy.report").joinpath("metrics.md").read_text())
     return target
 
 

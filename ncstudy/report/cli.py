@@ -15,6 +15,9 @@ from pathlib import Path
 import yaml
 
 from ncstudy import tracking
+from ncstudy.config import SpecError, load_study
+from ncstudy.report import build, load  # as modules: looked up when main runs (tests patch)
+from ncstudy.report.load import ReportError
 
 DEFAULT_OUTPUT = "./ncstudy-runs"
 
@@ -35,8 +38,6 @@ class Target:
 def resolve_target(target: str, output: str | None = None) -> Target:
     """A study folder (`<output>/<name>`, holding study.yaml), a study YAML, or a study name
     (in `output`, default ./ncstudy-runs). MLFLOW_TRACKING_URI overrides the local store."""
-    from ncstudy.report.load import ReportError
-
     path = Path(target).expanduser()
     if path.is_dir():
         marker = path / "study.yaml"
@@ -48,8 +49,6 @@ def resolve_target(target: str, output: str | None = None) -> Target:
         name = yaml.safe_load(marker.read_text())["name"]
         output_dir = Path(output).expanduser() if output else path.resolve().parent
     elif path.suffix in (".yaml", ".yml") and path.is_file():
-        from ncstudy.config import SpecError, load_study
-
         try:
             study = load_study(path, {"output_dir": output} if output else None)
         except SpecError as err:
@@ -80,12 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from ncstudy.report.build import status_line, write_report
-    from ncstudy.report.load import ReportError, load_study_data
-
     try:
         target = resolve_target(args.study, args.output)
-        data = load_study_data(
+        data = load.load_study_data(
             target.name, target.tracking_uri, study_yaml=target.study_dir / "study.yaml"
         )
     except ReportError as err:
@@ -94,13 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     out_dir = Path(args.out).expanduser().resolve() if args.out else target.study_dir / "report"
-    report = write_report(data, out_dir, log_to_mlflow=not args.no_mlflow)
+    report = build.write_report(data, out_dir, log_to_mlflow=not args.no_mlflow)
     for table in report.tables:
         if table.unavailable is not None:
             print(
                 f"note: {table.title}: not available because {table.unavailable}", file=sys.stderr
             )
-    print(f"study '{data.name}': {status_line(data)}")
+    print(f"study '{data.name}': {build.status_line(data)}")
     print(f"report: {report.index}  ({len(report.tables)} tables, {len(report.figures)} figures)")
     if report.logged_to:
         print(f"logged to MLflow run {report.logged_to} under report/")

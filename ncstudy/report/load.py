@@ -146,7 +146,7 @@ def optuna_storage(spec: Any | None, study_yaml: Path | None) -> str | None:
     folder's optuna.db), or None: no search, no folder, or no such file (never created here)."""
     if spec is None or getattr(spec, "search", None) is None or study_yaml is None:
         return None
-    from ncstudy.search import optuna_storage_url
+    from ncstudy.search import optuna_storage_url  # imports Ray: only for a search study
 
     url = optuna_storage_url(study_yaml.parent)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():

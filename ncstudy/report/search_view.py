@@ -21,9 +21,11 @@ import numpy as np
 import optuna
 import pandas as pd
 from matplotlib.figure import Figure
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from ncstudy.report.figures import DPI, FigureFile, slug
+from ncstudy.report.nc_tables import nc_trials
 from ncstudy.report.tables import MISSING, TEST, Table, failures, guarded, pct, unavailable
 
 NUMBER = re.compile(r"-o(\d+)$")  # a search trial's key ends with its Optuna trial number
@@ -83,8 +85,6 @@ def search_frame(trials: pd.DataFrame, spec: Any) -> pd.DataFrame:
 def distributions(spec: Any, loss_frame: pd.DataFrame) -> dict[str, Any]:
     """Optuna distributions of the parameters this loss searched (a loss without a temperature
     has none for it)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
     out = {}
     for name, dim in spec.search.space.items():
         values = loss_frame[name]
@@ -189,8 +189,6 @@ def is_search(spec: Any) -> bool:
 def search_tables(data: Any) -> list[Table]:
     """The tables of a search study (a StudyData): best trial per loss, every trial, failed
     trials (pruned ones are not failures), parameter importances, NC metrics of every trial."""
-    from ncstudy.report.nc_tables import nc_trials
-
     trials, spec = data.trials, data.spec
     frame = search_frame(trials, spec)
     if frame.empty:
@@ -304,7 +302,7 @@ def _has_complete(study: optuna.Study, n: int = 1) -> bool:
 def search_figures(data: Any, out_dir: Path) -> list[FigureFile]:
     """Per loss: objective against each parameter, Optuna's optimisation history, learning
     curves (intermediate values) and parameter importances, where the trials allow them."""
-    from optuna.visualization import matplotlib as om
+    from optuna.visualization import matplotlib as om  # imports pyplot: only when drawing
 
     frame = search_frame(data.trials, data.spec)
     metric = data.spec.search.metric
