@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         address = resolve_address(args.address)
         if address is None:  # local: the data is here, check every path before Ray starts
-            from ncstudy.data.preflight import check_study_data  # ncstudy.data imports torch
+            from ncstudy.data.preflight import check_study_data  # numpy: not for --dry-run
 
             check_study_data(study)
         else:
