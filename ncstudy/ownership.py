@@ -185,7 +185,9 @@ class Lease:
     def _write(self, owner_too: bool) -> None:
         from mlflow.entities import RunTag  # mlflow: already loaded by the driver's client
 
-        tags = [RunTag(HEARTBEAT_TAG, f"{self.clock():.0f}")]
+        now = self.clock()
+        readable = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+        tags = [RunTag(HEARTBEAT_TAG, f"{now:.0f}"), RunTag(HEARTBEAT_TAG + "_utc", readable)]
         if owner_too:
             tags.append(RunTag(OWNER_TAG, str(self.me)))
         self.mlf.log_batch(self.run_id, tags=tags)
@@ -213,11 +215,22 @@ class Lease:
                 print(f"warning: heartbeat not recorded ({err})", file=sys.stderr, flush=True)
 
     def release(self) -> None:
-        """Stop the heartbeats and clear the owner tag (the last heartbeat stays)."""
+        """Stop the heartbeats and clear the owner tag (the last heartbeat stays). A store that
+        does not answer now only delays the next driver until the lease is stale (warning)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        if self._thread is None:
+            return
+        self._thread.join(timeout=10)
+        self._thread = None
+        try:
             owner, _ = self.holder()
             if owner == self.me:
                 self.mlf.delete_tag(self.run_id, OWNER_TAG)
+        except Exception as err:  # noqa: BLE001 - never hide the study's own outcome
+            print(
+                f"warning: the lease on study {self.study_dir.name!r} was not released ({err}); "
+                f"the next driver may take it over {STALE_AFTER * self.interval_s:.0f} s after "
+                "the last heartbeat",
+                file=sys.stderr,
+                flush=True,
+            )

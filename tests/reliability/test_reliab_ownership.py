@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,9 +90,18 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made (the slow part), copied by each test."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    tracking.client(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def parent(tmp_path: Path) -> tuple[Any, str]:
+def parent(tmp_path: Path, empty_store: Path) -> tuple[Any, str]:
     """A real SQLite MLflow store with a study's experiment and parent run."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     mlf = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = tracking.ensure_experiment(mlf, "s", tmp_path / "mlartifacts")
     return mlf, tracking.ensure_parent_run(mlf, experiment_id, "s", "name: s\n")
@@ -240,3 +250,42 @@ def test_resume_is_refused_while_the_owner_lives_and_needs_no_hand_work_after_si
     assert len(ran) == 1
     parent = mlf.get_run(run[2].info.run_id)
     assert parent.info.status == "FINISHED" and OWNER_TAG not in parent.data.tags
+
+
+# ------------------------------------- drivers on two hosts creating one study at once
+
+
+class Late:
+    """An MLflow client that answers its first lookups as if another driver had not yet
+    created the study's experiment / parent run (they exist already)."""
+
+    def __init__(self, mlf: Any, misses: int = 1) -> None:
+        self.mlf, self.misses = mlf, misses
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.mlf, name)
+
+    def get_experiment_by_name(self, name: str) -> Any:
+        if self.misses > 0:
+            self.misses -= 1
+            return None
+        return self.mlf.get_experiment_by_name(name)
+
+    def search_runs(self, *args: Any, **kw: Any) -> Any:
+        if self.misses > 0:
+            self.misses -= 1
+            return []
+        return self.mlf.search_runs(*args, **kw)
+
+
+def test_two_drivers_creating_one_study_end_with_one_experiment_and_one_parent_run(
+    tmp_path: Path, parent: tuple[Any, str]
+) -> None:
+    mlf, first = parent
+    experiment_id = mlf.get_run(first).info.experiment_id
+    # the experiment exists, but this driver looked before the other one made it
+    assert tracking.ensure_experiment(Late(mlf), "s", tmp_path / "mlartifacts") == experiment_id
+    # likewise the parent run: this driver makes a second one, sees two, keeps the older
+    assert tracking.ensure_parent_run(Late(mlf), experiment_id, "s", "name: s\n") == first
+    active = tracking.find_runs(mlf, experiment_id, tracking.ROLE_TAG, "study")
+    assert [r.info.run_id for r in active] == [first]
