@@ -90,10 +90,12 @@ def _open_study(study: StudySpec, paths: StudyPaths, resume: bool, at_once: int)
     local_store = paths.tracking_uri.startswith("sqlite:")
     artifacts = paths.output_dir / "mlartifacts" if local_store else None
     try:
-        experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts)
+        experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts, study.description)
     except ValueError as err:  # deleted meanwhile
         raise StudyError(str(err)) from None
-    parent_id = tracking.ensure_parent_run(mlf, experiment_id, study.name, study_yaml)
+    parent_id = tracking.ensure_parent_run(
+        mlf, experiment_id, study.name, study_yaml, study.description
+    )
     target = StudyTarget(
         tracking_uri=paths.tracking_uri,
         experiment_id=experiment_id,

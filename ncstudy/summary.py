@@ -78,8 +78,25 @@ def format_summary(rows: list[TrialRow]) -> str:
     return "\n".join(lines)
 
 
-def mlflow_ui_command(paths: StudyPaths) -> str:
-    """The exact command that opens the MLflow UI on this study's store (localhost only)."""
-    if paths.tracking_uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1 --port 5000"
-    return f"open {paths.tracking_uri} (MLflow server)"
+UI_HOST = "http://127.0.0.1:5000"  # where the printed `mlflow ui` command serves
+
+
+def runs_view_url(base: str, experiment_id: str) -> str:
+    """The link that opens the experiment's runs table in MLflow's training view. MLflow 3.17
+    picks its view from the link's `workflowType` (else the browser's last choice, GenAI at
+    first); no experiment tag sets it, so the link carries it."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def mlflow_ui_command(paths: StudyPaths, study_name: str | None = None) -> str:
+    """The exact command that opens the MLflow UI on this study's store (localhost only) and,
+    once the study has an experiment, the link to its runs table on its own line."""
+    found = tracking.find_study_run(paths.tracking_uri, study_name) if study_name else None
+    uri = paths.tracking_uri
+    if not uri.startswith("sqlite:"):  # an MLflow server: its own address serves the UI
+        web = uri.startswith(("http://", "https://"))
+        return runs_view_url(uri, found[1]) if found and web else f"open {uri} (MLflow server)"
+    command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return (
+        command if found is None else f"{command}\n  then open  {runs_view_url(UI_HOST, found[1])}"
+    )

@@ -21,6 +21,7 @@ TRIAL_KEY_TAG = "ncstudy.trial_key"
 ROLE_TAG = "ncstudy.role"
 REASON_TAG = "ncstudy.failure_reason"
 STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"  # the epoch a pruned trial's run stopped at
+NOTE_TAG = "mlflow.note.content"  # MLflow's description of an experiment or a run
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
 
@@ -92,14 +93,21 @@ def _check_active(exp: Any) -> None:
         )
 
 
-def ensure_experiment(mlf: Any, name: str, artifact_root: Path | None) -> str:
-    """The id of the experiment named `name`, created with artifacts under `artifact_root`."""
+def ensure_experiment(
+    mlf: Any, name: str, artifact_root: Path | None, description: str = ""
+) -> str:
+    """The id of the experiment named `name`, created with artifacts under `artifact_root`;
+    the study's description is its MLflow description (updated: --resume may change it)."""
     exp = mlf.get_experiment_by_name(name)
     if exp is not None:
         _check_active(exp)
-        return exp.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return mlf.create_experiment(name, artifact_location=location)
+        experiment_id = exp.experiment_id
+    else:
+        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+        experiment_id = mlf.create_experiment(name, artifact_location=location)
+    if description:
+        mlf.set_experiment_tag(experiment_id, NOTE_TAG, description)
+    return experiment_id
 
 
 def find_runs(mlf: Any, experiment_id: str, tag: str, value: str) -> list[Any]:
@@ -107,20 +115,26 @@ def find_runs(mlf: Any, experiment_id: str, tag: str, value: str) -> list[Any]:
     return mlf.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
 
 
-def ensure_parent_run(mlf: Any, experiment_id: str, study_name: str, config_yaml: str) -> str:
-    """The study's parent run (created once, with the study YAML as an artifact)."""
+def ensure_parent_run(
+    mlf: Any, experiment_id: str, study_name: str, config_yaml: str, description: str = ""
+) -> str:
+    """The study's parent run (created once, with the study YAML as an artifact and the
+    study's description as the run's MLflow description)."""
     runs = find_runs(mlf, experiment_id, ROLE_TAG, "study")
     if runs:
         run_id = runs[0].info.run_id
         mlf.update_run(run_id, status="RUNNING")
-        return run_id
-    run = mlf.create_run(
-        experiment_id,
-        run_name=study_name,
-        tags={ROLE_TAG: "study", "study": study_name, "git_commit": git_commit()},
-    )
-    mlf.log_text(run.info.run_id, config_yaml, "study.yaml")
-    return run.info.run_id
+    else:
+        run = mlf.create_run(
+            experiment_id,
+            run_name=study_name,
+            tags={ROLE_TAG: "study", "study": study_name, "git_commit": git_commit()},
+        )
+        run_id = run.info.run_id
+        mlf.log_text(run_id, config_yaml, "study.yaml")
+    if description:
+        mlf.set_tag(run_id, NOTE_TAG, description)
+    return run_id
 
 
 def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -> str:
