@@ -22,7 +22,13 @@ from ncstudy.config import StudySpec, TrialSpec, expand
 from ncstudy.paths import MARKER, StudyError, StudyPaths
 from ncstudy.resume import check_can_start
 from ncstudy.services import check_services
-from ncstudy.summary import TrialRow, format_summary, mlflow_ui_command, summarize
+from ncstudy.summary import (
+    TrialRow,
+    format_summary,
+    log_study_outcome,
+    mlflow_ui_command,
+    summarize,
+)
 from ncstudy.targets import StudyTarget
 from ncstudy.tuning import TRAIN_DRIVER_CPU, build_tuner, concurrency, grid_plan, search_plan
 from ncstudy.tuning import trial_key as _key
@@ -150,6 +156,7 @@ def _close_study(
     search = run.study.search
     _close_open_runs(run.mlf, experiment_id, keys, interrupted, search, run.tune_status, why)
     rows = summarize(run.mlf, experiment_id, trials)
+    log_study_outcome(run.mlf, experiment_id, parent_id)
     if crash is not None:
         tracking.finish_run(run.mlf, parent_id, "FAILED", f"the study driver failed: {why}")
     else:
