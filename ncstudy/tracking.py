@@ -163,11 +163,21 @@ def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -
     }
     run = mlf.create_run(experiment_id, run_name=trial.key, tags=tags)
     run_id = run.info.run_id
-    log_params(mlf, run_id, flatten(trial.model_dump(mode="json", exclude={"key", "study"})))
+    log_params(mlf, run_id, trial_params(trial))
     mlf.log_text(
         run_id, yaml.safe_dump(trial.model_dump(mode="json"), sort_keys=False), "trial.yaml"
     )
     return run_id
+
+
+def trial_params(trial: Any) -> dict[str, Any]:
+    """A trial's MLflow params: its resolved config, flattened. A loss without a temperature
+    logs no `temperature` param (MLflow's plots would draw "None" as a number); its
+    `temperature` tag says "none"."""
+    params = flatten(trial.model_dump(mode="json", exclude={"key", "study"}))
+    if params.get("temperature") is None:
+        params.pop("temperature", None)
+    return params
 
 
 def config_hash_matches(run: Any, config_hash: str) -> bool:

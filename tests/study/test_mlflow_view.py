@@ -141,3 +141,16 @@ def test_without_validation_no_configuration_is_chosen(tmp_path: Path) -> None:
     tags = mlf.get_run(parent).data.tags
     assert tags["summary/normface/best"].startswith("none chosen")
     assert "summary/normface/best_temperature" not in tags and "summary/best_loss" not in tags
+
+
+def test_a_loss_without_temperature_logs_no_temperature_param(tmp_path: Path) -> None:
+    study = study_of(tmp_path, grid={"temperature": [0.1], "batch_size": [64]})
+    _, mlf, exp, parent = open_study(study)
+    ce, normface = expand(study)
+    runs = {
+        t.loss: mlf.get_run(tracking.ensure_child_run(mlf, exp, parent, t)) for t in (ce, normface)
+    }
+    assert "temperature" not in runs["ce"].data.params
+    assert runs["ce"].data.tags["temperature"] == "none"
+    assert runs["normface"].data.params["temperature"] == "0.1"
+    assert runs["ce"].data.params["batch_size"] == "64"  # the rest is logged as before
