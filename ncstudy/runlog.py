@@ -43,7 +43,8 @@ class RunLogger:
     @contextlib.contextmanager
     def system_metrics(self, enabled: bool) -> Iterator[None]:
         """MLflow's system metrics (CPU, GPU, memory, disk, network as `system/...`, every
-        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds, 10 by default) while the block runs."""
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds, 10 by default, and once at the end)
+        while the block runs."""
         if self.run is None or not enabled:
             yield
             return
@@ -58,6 +59,12 @@ class RunLogger:
             yield
         finally:
             monitor.finish()
+            # MLflow's loop drops the samples of the interval the end cut short (all of them
+            # in a trial shorter than one interval): they are logged as the last step
+            last = monitor.aggregate_metrics()
+            if last:
+                monitor.publish_metrics(last)
+                monitor.mlflow_logger.flush()
 
     def model(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         """Log the trained network (`state`: its state_dict) and what rebuilds it (`meta`: the

@@ -6,6 +6,7 @@ as the `model/` artifact that `load_trial_model` rebuilds with the same predicti
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from ncstudy.context import CHECKPOINT_FILE, LocalContext, load_state_file
 from ncstudy.data import build_data
 from ncstudy.losses import build_loss
 from ncstudy.models import build_model
+from ncstudy.runlog import RunLogger
 from ncstudy.targets import RunTarget
 from ncstudy.train import Network, train_loop
 from ncstudy.trained import load_trial_model, predict
@@ -128,3 +130,20 @@ def test_a_run_without_a_model_says_so(tmp_path: Path) -> None:
     run = mlf.create_run(exp)
     with pytest.raises(ValueError, match="has no readable model/ artifact"):
         load_trial_model(run.info.run_id, uri)
+
+
+def test_a_trial_shorter_than_one_interval_still_gets_its_sample(
+    tmp_path: Path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """MLflow's own loop logs only complete intervals; the last one is logged at the end."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "60")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlf = tracking.client(uri)
+    run = mlf.create_run(tracking.ensure_experiment(mlf, "short", tmp_path / "mlartifacts"))
+    log = RunLogger(RunTarget(uri, run.info.run_id), is_main=True)
+    with log.system_metrics(True):
+        time.sleep(0.3)
+    history = mlf.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+    assert [m.step for m in history] == [0] and history[0].value > 0
+    assert not RunLogger(RunTarget(uri, run.info.run_id), is_main=False).run  # rank > 0: none
