@@ -147,3 +147,16 @@ def test_a_trial_shorter_than_one_interval_still_gets_its_sample(
     history = mlf.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
     assert [m.step for m in history] == [0] and history[0].value > 0
     assert not RunLogger(RunTarget(uri, run.info.run_id), is_main=False).run  # rank > 0: none
+
+
+def test_a_retried_trial_logs_its_inputs_once(tmp_path: Path) -> None:
+    """A retry or --resume logs the inputs again: MLflow keeps one per split (an empty split,
+    `val_fraction: 0`, logs none)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlf = tracking.client(uri)
+    run = mlf.create_run(tracking.ensure_experiment(mlf, "retry", tmp_path / "mlartifacts"))
+    log = RunLogger(RunTarget(uri, run.info.run_id), is_main=True)
+    for _ in range(2):
+        log.inputs({"name": "digits", "root": None}, {"train": 1437, "val": 0, "test": 360})
+    inputs = mlf.get_run(run.info.run_id).inputs.dataset_inputs
+    assert sorted(json.loads(i.dataset.profile)["num_rows"] for i in inputs) == [360, 1437]
