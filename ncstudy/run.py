@@ -150,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if _Stop.received else 130
     print()
     print(format_summary(rows))
-    print(f"\nbrowse the runs:  {mlflow_ui_command(StudyPaths.of(study, args.storage_path))}")
+    browse = mlflow_ui_command(StudyPaths.of(study, args.storage_path), study.name)
+    print(f"\nbrowse the runs:  {browse}")
     if study.search is not None:
         from ncstudy.search import dashboard_command  # optuna and ray: only for searches
 

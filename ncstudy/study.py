@@ -24,7 +24,13 @@ from ncstudy.ownership import SETTLE_S, Lease, LocalLock
 from ncstudy.paths import MARKER, StudyError, StudyPaths
 from ncstudy.resume import check_can_start
 from ncstudy.services import check_services
-from ncstudy.summary import TrialRow, format_summary, mlflow_ui_command, summarize
+from ncstudy.summary import (
+    TrialRow,
+    format_summary,
+    log_study_outcome,
+    mlflow_ui_command,
+    summarize,
+)
 from ncstudy.targets import StudyTarget
 from ncstudy.tuning import TRAIN_DRIVER_CPU, build_tuner, concurrency, grid_plan, search_plan
 from ncstudy.tuning import trial_key as _key
@@ -100,10 +106,12 @@ def _open_study(study: StudySpec, paths: StudyPaths, resume: bool, at_once: int)
     local_store = paths.tracking_uri.startswith("sqlite:")
     artifacts = paths.output_dir / "mlartifacts" if local_store else None
     try:
-        experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts)
+        experiment_id = tracking.ensure_experiment(mlf, study.name, artifacts, study.description)
     except ValueError as err:  # deleted meanwhile
         raise StudyError(str(err)) from None
-    parent_id = tracking.ensure_parent_run(mlf, experiment_id, study.name, study_yaml)
+    parent_id = tracking.ensure_parent_run(
+        mlf, experiment_id, study.name, study_yaml, study.description
+    )
     target = StudyTarget(
         tracking_uri=paths.tracking_uri,
         experiment_id=experiment_id,
@@ -172,6 +180,7 @@ def _close_study(
     search = run.study.search
     _close_open_runs(run.mlf, experiment_id, keys, interrupted, search, run.tune_status, why)
     rows = summarize(run.mlf, experiment_id, trials)
+    log_study_outcome(run.mlf, experiment_id, parent_id)
     if crash is not None:
         tracking.finish_run(run.mlf, parent_id, "FAILED", f"the study driver failed: {why}")
     else:

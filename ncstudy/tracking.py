@@ -21,6 +21,7 @@ TRIAL_KEY_TAG = "ncstudy.trial_key"
 ROLE_TAG = "ncstudy.role"
 REASON_TAG = "ncstudy.failure_reason"
 STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"  # the epoch a pruned trial's run stopped at
+NOTE_TAG = "mlflow.note.content"  # MLflow's description of an experiment or a run
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
 
@@ -92,12 +93,24 @@ def _check_active(exp: Any) -> None:
         )
 
 
-def ensure_experiment(mlf: Any, name: str, artifact_root: Path | None) -> str:
-    """The id of the experiment named `name`, created with artifacts under `artifact_root`."""
+def ensure_experiment(
+    mlf: Any, name: str, artifact_root: Path | None, description: str = ""
+) -> str:
+    """The id of the experiment named `name`, created with artifacts under `artifact_root`;
+    the study's description is its MLflow description (updated: --resume may change it)."""
     exp = mlf.get_experiment_by_name(name)
     if exp is not None:
         _check_active(exp)
-        return exp.experiment_id
+        experiment_id = exp.experiment_id
+    else:
+        experiment_id = _create_experiment(mlf, name, artifact_root)
+    if description:
+        mlf.set_experiment_tag(experiment_id, NOTE_TAG, description)
+    return experiment_id
+
+
+def _create_experiment(mlf: Any, name: str, artifact_root: Path | None) -> str:
+    """Create the experiment; one that another driver created since the lookup is read back."""
     from mlflow.exceptions import MlflowException  # mlflow: only where it is used
 
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
@@ -115,10 +128,20 @@ def find_runs(mlf: Any, experiment_id: str, tag: str, value: str) -> list[Any]:
     return mlf.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
 
 
-def ensure_parent_run(mlf: Any, experiment_id: str, study_name: str, config_yaml: str) -> str:
-    """The study's parent run (created once, with the study YAML as an artifact). Two drivers
-    that create it at once (on a server) both keep the older one and delete their own; their
-    lease on it (ownership.py) then decides which one runs."""
+def ensure_parent_run(
+    mlf: Any, experiment_id: str, study_name: str, config_yaml: str, description: str = ""
+) -> str:
+    """The study's parent run (created once, with the study YAML as an artifact and the
+    study's description as the run's MLflow description). Two drivers that create it at once
+    (on a server) both keep the older one and delete their own; their lease on it
+    (ownership.py) then decides which one runs."""
+    run_id = _parent_run(mlf, experiment_id, study_name, config_yaml)
+    if description:
+        mlf.set_tag(run_id, NOTE_TAG, description)
+    return run_id
+
+
+def _parent_run(mlf: Any, experiment_id: str, study_name: str, config_yaml: str) -> str:
     runs = find_runs(mlf, experiment_id, ROLE_TAG, "study")
     if runs:
         run_id = _oldest(runs).info.run_id
@@ -168,11 +191,21 @@ def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -
     }
     run = mlf.create_run(experiment_id, run_name=trial.key, tags=tags)
     run_id = run.info.run_id
-    log_params(mlf, run_id, flatten(trial.model_dump(mode="json", exclude={"key", "study"})))
+    log_params(mlf, run_id, trial_params(trial))
     mlf.log_text(
         run_id, yaml.safe_dump(trial.model_dump(mode="json"), sort_keys=False), "trial.yaml"
     )
     return run_id
+
+
+def trial_params(trial: Any) -> dict[str, Any]:
+    """A trial's MLflow params: its resolved config, flattened. A loss without a temperature
+    logs no `temperature` param (MLflow's plots would draw "None" as a number); its
+    `temperature` tag says "none"."""
+    params = flatten(trial.model_dump(mode="json", exclude={"key", "study"}))
+    if params.get("temperature") is None:
+        params.pop("temperature", None)
+    return params
 
 
 def config_hash_matches(run: Any, config_hash: str) -> bool:

@@ -155,20 +155,36 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     progress = restore(w, opt, state)
     log = RunLogger(run, ctx.is_main)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
-    if state is None and trial.evaluation.nc_metrics:
-        start_clock(w, progress, log)
-    for epoch in range(progress.start_epoch, trial.train.epochs + 1):
-        metrics = train_epoch(w, opt, epoch)
-        if not math.isfinite(metrics["train/loss"]):
-            # Deterministic failure: report it (all ranks, same count) and stop, no retry.
-            reason = f"training loss is {metrics['train/loss']} at epoch {epoch}"
-            metrics.update(status="failed", reason=reason)
-            log.log(metrics, epoch)
-            ctx.report(tune_view(metrics, TUNE_KEYS))
-            return
-        end_of_epoch(w, opt, progress, log, metrics)
-    if progress.final is not None:  # None: a restart after the trial had finished
-        finish(w, opt, progress, log)
+    log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
+    with log.system_metrics(trial.evaluation.system_metrics):
+        if state is None and trial.evaluation.nc_metrics:
+            start_clock(w, progress, log)
+        for epoch in range(progress.start_epoch, trial.train.epochs + 1):
+            metrics = train_epoch(w, opt, epoch)
+            if not math.isfinite(metrics["train/loss"]):
+                # Deterministic failure: report it (all ranks, same count) and stop, no retry.
+                reason = f"training loss is {metrics['train/loss']} at epoch {epoch}"
+                metrics.update(status="failed", reason=reason)
+                log.log(metrics, epoch)
+                ctx.report(tune_view(metrics, TUNE_KEYS))
+                return
+            end_of_epoch(w, opt, progress, log, metrics)
+        if progress.final is not None:  # None: a restart after the trial had finished
+            finish(w, opt, progress, log)
+
+
+def split_sizes(data: DataBundle) -> dict[str, int]:
+    """Samples per split (the training split counted un-augmented)."""
+    return {"train": len(data.train_eval), "val": len(data.val), "test": len(data.test)}  # type: ignore[arg-type]
+
+
+def model_meta(w: Worker) -> dict[str, Any]:
+    """What rebuilds the trained network from its state_dict (`trained.load_trial_model`)."""
+    return {
+        "trial": w.trial.model_dump(mode="json"),
+        "input_shape": list(w.data.input_shape),
+        "num_classes": w.data.num_classes,
+    }
 
 
 def build_worker(trial: TrialSpec, ctx: WorkerContext) -> Worker:
@@ -409,6 +425,7 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
     final.update(_summary(final, progress.history, w.data.num_classes, alpha))
     final["status"] = "finished"
     log.log(final, epochs)
+    log.model(w.core.state_dict(), model_meta(w))
     state = None if downstream else snapshot(w, opt, progress, epochs)
     w.ctx.report(tune_view(final, TUNE_KEYS), state=state)
 

@@ -206,3 +206,6 @@ class EvaluationSpec(Strict):
     nc_on_test: bool = False
     max_intra_classes: int = Field(100, ge=1, le=100_000)
     eval_batch_size: BatchSize = 512
+    system_metrics: bool = Field(
+        True, description="log MLflow's system metrics (CPU, GPU, memory) for each trial"
+    )

@@ -205,7 +205,11 @@ class TrialSpec(Strict):
 
     def config_hash(self) -> str:
         """A short, stable hash of everything that determines the trial's result."""
-        payload = self.model_dump(mode="json", exclude={"resources", "study"})
+        # what the trial records about its machine does not change its result
+        payload = self.model_dump(
+            mode="json",
+            exclude={"resources": True, "study": True, "evaluation": {"system_metrics"}},
+        )
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

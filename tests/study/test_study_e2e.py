@@ -79,7 +79,7 @@ def test_two_worker_trials_are_logged_as_nested_mlflow_runs(tmp_path: Path) -> N
         history = mlf.get_metric_history(run.info.run_id, "val/acc1")
         assert sorted(m.step for m in history) == [1, 2]
         assert {"train/loss", "nc/nc1", "nc/erank_inter", "final/val_acc1"} <= set(run.data.metrics)
-        assert [a.path for a in mlf.list_artifacts(run.info.run_id)] == ["trial.yaml"]
+        assert [a.path for a in mlf.list_artifacts(run.info.run_id)] == ["model", "trial.yaml"]
     normface = next(r for r in children if r.info.run_name.startswith("normface"))
     assert normface.data.tags["temperature"] == "0.1"
 
