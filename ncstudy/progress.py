@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 _CURRENT: StudyProgress | None = None
 # Libraries whose INFO lines (MLflow's database migrations, alembic's) are not the user's business
@@ -76,7 +77,9 @@ class StudyProgress:
         self._stream = stream or sys.stdout
         is_tty = self._stream.isatty() if live is None else live
         self._console = Console(file=self._stream, force_terminal=is_tty, highlight=False)
-        self._live = Live(console=self._console, refresh_per_second=2) if is_tty else None
+        self._live = (
+            Live(console=self._console, refresh_per_second=2, transient=True) if is_tty else None
+        )
 
     def __enter__(self) -> StudyProgress:
         global _CURRENT
@@ -156,17 +159,17 @@ class StudyProgress:
         if self._live is not None:
             self._live.update(self._render())
 
-    def _render(self) -> Table:
-        table = Table(
-            title=f"trials: {self.counts()}  ETA {duration(self.eta())}",
-            title_justify="left",
-            box=None,
-        )
+    def _render(self) -> Group:
+        """The live view: the counts and ETA, then one row per running trial."""
+        status = Text(f"trials: {self.counts()}  ETA {duration(self.eta())}", style="bold")
+        if not self.running:
+            return Group(status)
+        table = Table(box=None, pad_edge=False)
         for column in ("running trial", "epoch", "latest"):
-            table.add_column(column)
+            table.add_column(column, style=None, header_style="dim")
         for key, t in self.running.items():
             table.add_row(key, f"{t.epoch}/{t.epochs}", t.latest)
-        return table
+        return Group(status, table)
 
 
 @contextmanager
