@@ -86,7 +86,7 @@ class StudyProgress:
         _CURRENT = self
         if self._live is not None:
             self._live.start()
-            self._live.update(self._render())
+            self._live.update(self._render(), refresh=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -157,7 +157,7 @@ class StudyProgress:
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.update(self._render(), refresh=True)
 
     def _render(self) -> Group:
         """The live view: the counts and ETA, then one row per running trial."""
