@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ _CURRENT: StudyProgress | None = None
 # Libraries whose INFO lines (MLflow's database migrations, alembic's) are not the user's business
 QUIET_LOGGERS = ("mlflow", "alembic")
 MLFLOW_LEVEL_ENV = "MLFLOW_LOGGING_LEVEL"  # mlflow/environment_variables.py
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"  # logs failed trials
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def current() -> StudyProgress | None:
@@ -172,18 +175,39 @@ class StudyProgress:
         return Group(status, table)
 
 
+class ShortTrialErrors(logging.Filter):
+    """Tune logs a failed trial's whole traceback, with Ray's colour codes in it; this makes it
+    one line: the trial and the exception's last line. The trial's MLflow run keeps the reason
+    (the summary prints it), Ray's log files the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and message.startswith("Trial task failed"):
+            error = record.exc_info[1]
+            lines = str(error).strip().splitlines() if error is not None else []
+            last = ANSI_CODE.sub("", lines[-1]) if lines else type(error).__name__
+            record.msg, record.args = f"{message}: {last}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 @contextmanager
 def tune_output(verbose: bool) -> Iterator[None]:
-    """While a Tuner runs: without `verbose`, Tune's legacy reporter (verbosity 0 prints
+    """While a Tuner runs, without `verbose`: Tune's legacy reporter (verbosity 0 prints
     nothing) instead of its default one, which prints a config box and a TensorBoard hint even
-    at verbosity 0 (ray/tune/experimental/output.py, read at each fit)."""
+    at verbosity 0 (ray/tune/experimental/output.py, read at each fit), and a failed trial's
+    error in one line (ShortTrialErrors)."""
     name = "RAY_AIR_NEW_OUTPUT"
     before = os.environ.get(name)
+    controller = logging.getLogger(TUNE_CONTROLLER_LOGGER)
+    short = ShortTrialErrors()
     if not verbose:
         os.environ[name] = "0"
+        controller.addFilter(short)
     try:
         yield
     finally:
+        controller.removeFilter(short)
         if before is None:
             os.environ.pop(name, None)
         else:
