@@ -97,7 +97,30 @@ def test_tune_output_switches_to_the_silent_reporter_and_back(
         assert "RAY_AIR_NEW_OUTPUT" not in os.environ
 
 
+def test_a_failed_trial_s_tune_error_becomes_one_plain_line() -> None:
+    """What Ray's RayTaskError prints: a coloured task name, a traceback, the cause last."""
+    logger = logging.getLogger(progress.TUNE_CONTROLLER_LOGGER)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    error = RuntimeError(
+        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n  File x, line 1\nValueError: bad batch"
+    )
+    try:
+        with tune_output(verbose=False):
+            logger.error("Trial task failed for trial %s", "ce-b1-s0", exc_info=error)
+        logger.error("Trial task failed for trial %s", "ce-b2-s0", exc_info=error)  # filter gone
+    finally:
+        logger.removeHandler(handler)
+    assert seen[0].getMessage() == "Trial task failed for trial ce-b1-s0: ValueError: bad batch"
+    assert seen[0].exc_info is None
+    assert seen[1].exc_info is not None  # --verbose and outside a run: Tune's own record
+
+
 def test_quiet_libraries_keeps_a_level_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in progress.QUIET_LOGGERS:  # restored after the test
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
     monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "error")
     quiet_libraries(verbose=False)
     assert logging.getLogger("mlflow").level == logging.ERROR
