@@ -1,8 +1,9 @@
 """`python -m ncstudy.run STUDY.yaml`: validate, expand, run every trial, print the summary.
 
 Exit codes: 0 all trials finished; 1 some trial failed; 2 the study could not start (bad YAML,
-existing study without --resume, edited study with --resume, no trial fits, unwritable output
-folder, a Ray cluster / MLflow server / database that does not answer or refuses the login);
+existing study without --resume, edited study with --resume, another driver runs the study, no
+trial fits, not enough free space, unwritable output folder, a Ray cluster / MLflow server /
+database that does not answer or refuses the login);
 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (`ray job stop`, a pod eviction):
 resume later with --resume.
 """

@@ -19,6 +19,8 @@ import yaml
 from ncstudy import progress, tracking
 from ncstudy.cluster import check_storage_path, check_tracking_uri
 from ncstudy.config import StudySpec, TrialSpec, expand
+from ncstudy.diskspace import check_free_space
+from ncstudy.ownership import SETTLE_S, Lease, LocalLock
 from ncstudy.paths import MARKER, StudyError, StudyPaths
 from ncstudy.resume import check_can_start
 from ncstudy.services import check_services
@@ -77,17 +79,33 @@ def run_study(
     check_can_start(study, resume, paths, trials)
     _start_ray(address, ray_init_kwargs, verbose)
     at_once = _check_cluster(study, paths, trials, existing_cluster=address is not None)
-    run = _open_study(study, paths, resume, at_once, verbose)
     probe = trials[0] if trials else _search_probe(study)
-    total = len(trials) if trials is not None else _search_size(study)
-    epochs = progress.planned_epochs(probe.model_dump(mode="json"))
-    with progress.StudyProgress(total, epochs, live=False if verbose else None):
-        rows = _drive(run, trials)
+    check_free_space(study, paths, probe, at_once)
+    lock = LocalLock(paths.study_dir)  # one driver per study, for this driver's life
+    lock.acquire()
+    try:
+        # again, under the lock: a driver that ran and ended since the first check left a study
+        check_can_start(study, resume, paths, trials)
+        run = _open_study(study, paths, resume, at_once, verbose)
+        with _display(study, trials, probe, verbose):
+            rows = _drive_owned(run, trials)
+    finally:
+        lock.release()
     from ncstudy.convergence_ref import log_steps_to_ref  # torch: only after a finished study
 
     finished = [r.key for r in rows if r.status == "FINISHED"]
     log_steps_to_ref(run.mlf, run.target.experiment_id, finished)
     return rows
+
+
+def _display(
+    study: StudySpec, trials: list[TrialSpec] | None, probe: TrialSpec, verbose: bool
+) -> progress.StudyProgress:
+    """The console's progress display for this run (plain lines with --verbose, where Ray's
+    and Tune's own output interleaves)."""
+    total = len(trials) if trials is not None else _search_size(study)
+    epochs = progress.planned_epochs(probe.model_dump(mode="json"))
+    return progress.StudyProgress(total, epochs, live=False if verbose else None)
 
 
 def _open_study(
@@ -110,6 +128,20 @@ def _open_study(
         train_storage=paths.train_storage,
     )
     return StudyRun(study, paths, target, mlf, study_yaml, resume, at_once, verbose)
+
+
+def _drive_owned(run: StudyRun, trials: list[TrialSpec] | None) -> list[TrialRow]:
+    """Drive the study under a lease on its parent run (drivers on other hosts sharing the
+    MLflow store see it; the parent run shows the heartbeat)."""
+    shared = not tracking.is_local_store(run.paths.tracking_uri) or "://" in run.paths.storage
+    lease = Lease(
+        run.mlf, run.target.parent_run_id, run.paths.study_dir, settle_s=SETTLE_S if shared else 0
+    )
+    lease.acquire()
+    try:
+        return _drive(run, trials)
+    finally:
+        lease.release()
 
 
 def _drive(run: StudyRun, trials: list[TrialSpec] | None) -> list[TrialRow]:

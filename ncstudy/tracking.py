@@ -69,7 +69,7 @@ def find_study_run(tracking_uri: str, study_name: str) -> tuple[Any, str, Any] |
         return None
     _check_active(exp)
     runs = find_runs(mlf, exp.experiment_id, ROLE_TAG, "study")
-    return (mlf, exp.experiment_id, runs[0]) if runs else None
+    return (mlf, exp.experiment_id, _oldest(runs)) if runs else None
 
 
 def logged_study_yaml(mlf: Any, run_id: str) -> str | None:
@@ -98,8 +98,16 @@ def ensure_experiment(mlf: Any, name: str, artifact_root: Path | None) -> str:
     if exp is not None:
         _check_active(exp)
         return exp.experiment_id
+    from mlflow.exceptions import MlflowException  # mlflow: only where it is used
+
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return mlf.create_experiment(name, artifact_location=location)
+    try:
+        return mlf.create_experiment(name, artifact_location=location)
+    except MlflowException as err:  # another driver created it since the lookup (a server)
+        exp = mlf.get_experiment_by_name(name)
+        if exp is None or err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return exp.experiment_id
 
 
 def find_runs(mlf: Any, experiment_id: str, tag: str, value: str) -> list[Any]:
@@ -108,10 +116,12 @@ def find_runs(mlf: Any, experiment_id: str, tag: str, value: str) -> list[Any]:
 
 
 def ensure_parent_run(mlf: Any, experiment_id: str, study_name: str, config_yaml: str) -> str:
-    """The study's parent run (created once, with the study YAML as an artifact)."""
+    """The study's parent run (created once, with the study YAML as an artifact). Two drivers
+    that create it at once (on a server) both keep the older one and delete their own; their
+    lease on it (ownership.py) then decides which one runs."""
     runs = find_runs(mlf, experiment_id, ROLE_TAG, "study")
     if runs:
-        run_id = runs[0].info.run_id
+        run_id = _oldest(runs).info.run_id
         mlf.update_run(run_id, status="RUNNING")
         return run_id
     run = mlf.create_run(
@@ -120,7 +130,16 @@ def ensure_parent_run(mlf: Any, experiment_id: str, study_name: str, config_yaml
         tags={ROLE_TAG: "study", "study": study_name, "git_commit": git_commit()},
     )
     mlf.log_text(run.info.run_id, config_yaml, "study.yaml")
-    return run.info.run_id
+    first = _oldest(find_runs(mlf, experiment_id, ROLE_TAG, "study") or [run])
+    if first.info.run_id != run.info.run_id:
+        mlf.delete_run(run.info.run_id)
+        mlf.update_run(first.info.run_id, status="RUNNING")
+    return first.info.run_id
+
+
+def _oldest(runs: list[Any]) -> Any:
+    """The first-made of several runs (start time, then id: the same choice in every driver)."""
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
 def ensure_child_run(mlf: Any, experiment_id: str, parent_id: str, trial: Any) -> str:

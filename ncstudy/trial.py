@@ -94,7 +94,7 @@ def _train_with_ray_train(trial: TrialSpec, run: RunTarget, train_storage: str) 
             name=trial.key,
             storage_path=train_storage,
             failure_config=FailureConfig(max_failures=r.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=r.checkpoints_to_keep),
             callbacks=[TuneReportCallback()],
             logging_config=LoggingConfig(log_level="WARNING"),
         ),

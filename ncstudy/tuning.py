@@ -76,6 +76,10 @@ def build_tuner(
             name=plan.name,
             storage_path=paths.storage,
             failure_config=tune.FailureConfig(max_failures=study.resources.trial_max_failures),
+            # the newest N of each trial (without it Tune keeps every checkpoint it is given)
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=study.resources.checkpoints_to_keep
+            ),
             callbacks=[_progress_callback()],
             verbose=None if verbose else 0,  # None: Tune's default output
         ),

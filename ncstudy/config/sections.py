@@ -249,6 +249,12 @@ class ResourcesSpec(Strict):
     trial_max_failures: int = Field(
         1, ge=0, le=MAX_RETRIES, description="Ray Tune retries of a whole trial"
     )
+    checkpoints_to_keep: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="checkpoints kept per trial, the newest ones (Ray Tune and Ray Train alike)",
+    )
     single_worker_fastpath: bool = Field(
         True, description="run 1-worker trials in the Tune process (same loop, no Train start-up)"
     )

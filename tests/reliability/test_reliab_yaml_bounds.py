@@ -45,20 +45,33 @@ def junk_keys(path: Path, size: int) -> Path:
     return path
 
 
+# Runs the CLI and writes its peak RSS (kB) to argv[1]. The CLI's peak is read from this small
+# launcher's RUSAGE_CHILDREN: a child forked straight from pytest would count the pages it
+# shared with pytest before exec (ru_maxrss survives exec), gigabytes late in a long run.
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def run_cli(study: Path, out: Path) -> tuple[int, str, float, int]:
     """(exit code, stderr + stdout, wall seconds, peak RSS in kB) of the CLI in a child."""
     env = {**os.environ, "RAY_ADDRESS": ""}
+    rss_file = out.parent / "cli-peak-rss-kb"
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ncstudy.run", str(study), "--output", str(out)],
+    cli = [sys.executable, "-m", "ncstudy.run", str(study), "--output", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(rss_file), *cli],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
+        check=False,
     )
-    output = proc.stdout.read() if proc.stdout else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, output.decode(), time.perf_counter() - start, usage.ru_maxrss
+    seconds = time.perf_counter() - start
+    return proc.returncode, proc.stdout.decode(), seconds, int(rss_file.read_text())
 
 
 def loads_quickly(path: Path, traced: bool = True) -> str:
