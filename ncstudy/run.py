@@ -21,6 +21,7 @@ from typing import Any
 from ncstudy import study as driver
 from ncstudy.cluster import resolve_address
 from ncstudy.config import SpecError, StudySpec, TrialSpec, expand, load_study
+from ncstudy.diskspace import check_free_space
 from ncstudy.paths import StudyError, StudyPaths
 from ncstudy.progress import quiet_libraries
 from ncstudy.summary import format_summary, mlflow_ui_command
@@ -126,10 +127,13 @@ def install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _Stop.on_sigterm)
 
 
-def preflight(study: StudySpec, trials: Sequence[TrialSpec], address: str | None) -> None:
+def preflight(
+    study: StudySpec, trials: Sequence[TrialSpec], address: str | None, storage: str | None
+) -> None:
     """The checks a run makes before Ray starts, for --dry-run and a real run alike; raises
-    StudyError naming every problem found. Local: every data path, and whether one trial fits
-    this machine. On a cluster the data lives on the workers and Ray reports what fits."""
+    StudyError naming every problem found. Local: every data path, whether a trial fits this
+    machine, and the free disk space for that many trials at once. On a cluster the data lives
+    on the workers, and what fits is known once connected."""
     if address is not None:
         print("data paths are checked on the workers (cluster mode)", flush=True)
         return
@@ -142,12 +146,20 @@ def preflight(study: StudySpec, trials: Sequence[TrialSpec], address: str | None
         from ncstudy.search import trial_from_point  # optuna and ray: only for searches
 
         probe = trial_from_point(study, 0, {})
-    problems = []
-    for check in (lambda: check_study_data(study), lambda: local_concurrency(study, probe)):
+    problems: list[str] = []
+
+    def attempt(check: Any) -> Any:
         try:
-            check()
+            return check()
         except (SpecError, StudyError, ValueError) as err:
             problems.append(str(err))
+            return None
+
+    attempt(lambda: check_study_data(study))
+    at_once = attempt(lambda: local_concurrency(study, probe))
+    if at_once is not None:
+        paths = StudyPaths.of(study, storage)
+        attempt(lambda: check_free_space(study, paths, probe, at_once))
     if problems:
         raise StudyError("\n".join(problems))
 
@@ -189,10 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             overrides = {loss.name: loss.train for loss in study.losses}
             print(trial_table(trials, overrides) if study.search is None else search_table(study))
-            preflight(study, trials, address)
+            preflight(study, trials, address, args.storage_path)
             print("pre-flight checks passed: a run could start")
             return 0
-        preflight(study, trials, address)
+        preflight(study, trials, address, args.storage_path)
         print(header(study, trials, StudyPaths.of(study, args.storage_path)), flush=True)
         install_sigterm_handler()
         rows = driver.run_study(
