@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,13 @@ def test_dry_run_passes_a_study_that_could_start(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main([str(write_study(tmp_path)), "--dry-run"]) == 0
     assert "pre-flight checks passed" in capsys.readouterr().out
+
+
+def test_dry_run_checks_the_free_disk_space(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    full = shutil.disk_usage(tmp_path)._replace(free=0)
+    monkeypatch.setattr("ncstudy.diskspace.shutil.disk_usage", lambda at: full)
+    assert main([str(write_study(tmp_path)), "--dry-run"]) == 2
+    assert "not enough free space for study 'preflight'" in capsys.readouterr().err
