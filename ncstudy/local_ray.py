@@ -12,6 +12,7 @@ with the driver, even after a SIGKILL (ncstudy/reaper.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -20,13 +21,17 @@ from ncstudy import reaper
 
 LOOPBACK = "127.0.0.1"
 CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants
+# logs, at each new local Ray, that token authentication is on (Ray's default, which we keep)
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
-def local_ray_kwargs() -> dict[str, Any]:
+def local_ray_kwargs(verbose: bool = False) -> dict[str, Any]:
     """ray.init keyword arguments for a local Ray that listens on 127.0.0.1 only; sets the
     environment its processes inherit and starts the watcher that ends them with this process
-    (ncstudy/reaper.py). Call right before ray.init."""
+    (ncstudy/reaper.py). Without `verbose`, Ray's notice that token authentication is on (its
+    default, kept) is not printed. Call right before ray.init."""
     reaper.start()
+    logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.WARNING if verbose else logging.ERROR)
     os.environ[CLUSTER_ENV] = "0"
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:  # Ray imported already: the constant was read at import

@@ -11,6 +11,7 @@ resume later with --resume.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -20,7 +21,9 @@ from typing import Any
 from ncstudy import study as driver
 from ncstudy.cluster import resolve_address
 from ncstudy.config import SpecError, StudySpec, TrialSpec, expand, load_study
+from ncstudy.diskspace import check_free_space
 from ncstudy.paths import StudyError, StudyPaths
+from ncstudy.progress import quiet_libraries
 from ncstudy.summary import format_summary, mlflow_ui_command
 
 
@@ -36,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("study", help="the study YAML (see studies/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the trial table and exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the trial table, run the pre-flight checks (data paths, whether a trial "
+        "fits this machine) and exit: 0 if a run could start, 2 if not",
+    )
     parser.add_argument("--resume", action="store_true", help="finish an interrupted study")
     parser.add_argument("--output", help="output folder (overrides the YAML's output_dir)")
     parser.add_argument(
@@ -46,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-path",
         help="shared storage for Ray results on a cluster: s3://, gs:// or an NFS path "
         "(default: $NCSTUDY_STORAGE_PATH, else the study folder)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show Ray's and Tune's own console output"
     )
     return parser
 
@@ -116,48 +127,116 @@ def install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _Stop.on_sigterm)
 
 
+def preflight(
+    study: StudySpec, trials: Sequence[TrialSpec], address: str | None, storage: str | None
+) -> None:
+    """The checks a run makes before Ray starts, for --dry-run and a real run alike; raises
+    StudyError naming every problem found. Local: every data path, whether a trial fits this
+    machine, and the free disk space for that many trials at once. On a cluster the data lives
+    on the workers, and what fits is known once connected."""
+    if address is not None:
+        print("data paths are checked on the workers (cluster mode)", flush=True)
+        return
+    from ncstudy.data.preflight import check_study_data  # numpy: not for the trial table
+    from ncstudy.tuning import local_concurrency  # torch: only once the table is printed
+
+    if study.search is None:
+        probe = trials[0]
+    else:
+        from ncstudy.search import trial_from_point  # optuna and ray: only for searches
+
+        probe = trial_from_point(study, 0, {})
+    problems: list[str] = []
+
+    def attempt(check: Any) -> Any:
+        try:
+            return check()
+        except (SpecError, StudyError, ValueError) as err:
+            problems.append(str(err))
+            return None
+
+    attempt(lambda: check_study_data(study))
+    at_once = attempt(lambda: local_concurrency(study, probe))
+    if at_once is not None:
+        paths = StudyPaths.of(study, storage)
+        attempt(lambda: check_free_space(study, paths, probe, at_once))
+    if problems:
+        raise StudyError("\n".join(problems))
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The exact command that resumes this study: its YAML and the options that say where it
+    runs and writes."""
+    words = ["python", "-m", "ncstudy.run", args.study, "--resume"]
+    for flag, value in (
+        ("--output", args.output),
+        ("--address", args.address),
+        ("--storage-path", args.storage_path),
+    ):
+        if value:
+            words += [flag, value]
+    return shlex.join(words)
+
+
+def header(study: StudySpec, trials: Sequence[TrialSpec], paths: StudyPaths) -> str:
+    """What a run prints first: the study, how many trials, where its results go."""
+    where = f"-> {paths.study_dir}  (runs: {paths.tracking_uri})"
+    if study.search is None:
+        return f"study '{study.name}': {len(trials)} trials {where}"
+    from ncstudy.search import n_trials  # optuna and ray: only for searches
+
+    total = sum(n_trials(study.search, loss) for loss in study.losses)
+    return f"study '{study.name}': {total} trials (an Optuna search per loss) {where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-
+    quiet_libraries(args.verbose)
     try:
         overrides = {"output_dir": args.output} if args.output else None
         study: StudySpec = load_study(args.study, overrides)
         trials = expand(study)
+        address = resolve_address(args.address)
         if args.dry_run:
             overrides = {loss.name: loss.train for loss in study.losses}
             print(trial_table(trials, overrides) if study.search is None else search_table(study))
+            preflight(study, trials, address, args.storage_path)
+            print("pre-flight checks passed: a run could start")
             return 0
-        address = resolve_address(args.address)
-        if address is None:  # local: the data is here, check every path before Ray starts
-            from ncstudy.data.preflight import check_study_data  # numpy: not for --dry-run
-
-            check_study_data(study)
-        else:
-            print("data paths are checked on the workers (cluster mode)", flush=True)
-        what = f"{len(trials)} trials" if study.search is None else "an Optuna search per loss"
-        print(f"study '{study.name}': {what} -> {study.study_dir}", flush=True)
+        preflight(study, trials, address, args.storage_path)
+        print(header(study, trials, StudyPaths.of(study, args.storage_path)), flush=True)
         install_sigterm_handler()
         rows = driver.run_study(
-            study, resume=args.resume, address=address, storage_path=args.storage_path
+            study,
+            resume=args.resume,
+            address=address,
+            storage_path=args.storage_path,
+            verbose=args.verbose,
         )
     except (SpecError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         how = "stopped (SIGTERM)" if _Stop.received else "interrupted"
-        print(f"\n{how}: resume with  python -m ncstudy.run {args.study} --resume", file=sys.stderr)
+        print(f"\n{how}: resume with  {resume_command(args)}", file=sys.stderr)
         return 143 if _Stop.received else 130
+    print_end(study, rows, args.storage_path)
+    # pruned search trials end KILLED by design; only failures make the exit code 1
+    return 1 if any(r.status in ("FAILED", "NOT STARTED") for r in rows) else 0
+
+
+def print_end(study: StudySpec, rows: Sequence[Any], storage_path: str | None) -> None:
+    """The end of a run: the summary table, then where to look, the MLflow link last."""
     print()
-    print(format_summary(rows))
-    browse = mlflow_ui_command(StudyPaths.of(study, args.storage_path), study.name)
-    print(f"\nbrowse the runs:  {browse}")
+    print(format_summary(list(rows)))
+    print()
     if study.search is not None:
         from ncstudy.search import dashboard_command  # optuna and ray: only for searches
 
         print(f"optuna study:  {dashboard_command(study.study_dir)}")
-    # pruned search trials end KILLED by design; only failures make the exit code 1
-    return 1 if any(r.status in ("FAILED", "NOT STARTED") for r in rows) else 0
+    browse = mlflow_ui_command(StudyPaths.of(study, storage_path), study.name)
+    print(f"browse the runs:  {browse}", flush=True)
 
 
 if __name__ == "__main__":

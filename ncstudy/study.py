@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ncstudy import tracking
+from ncstudy import progress, tracking
 from ncstudy.cluster import check_storage_path, check_tracking_uri
 from ncstudy.config import StudySpec, TrialSpec, expand
 from ncstudy.diskspace import check_free_space
@@ -63,6 +63,7 @@ class StudyRun:
     study_yaml: str
     resume: bool
     concurrency: int
+    verbose: bool = False  # Ray's and Tune's own output on the console
     tune_status: dict[str, str] = field(default_factory=dict)  # trial key -> Tune's last status
 
 
@@ -73,23 +74,27 @@ def run_study(
     address: str | None = None,
     storage_path: str | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
+    verbose: bool = False,
 ) -> list[TrialRow]:
     """Run (or resume) every trial of the study; returns the summary rows. Everything that can
-    refuse the study is checked before anything is written (StudyError)."""
+    refuse the study is checked before anything is written (StudyError). Without `verbose`
+    the console shows ncstudy's progress display only, not Ray's and Tune's own output."""
     check_services(address, search=study.search is not None)  # Ray, MLflow, Optuna DB answer
     trials = None if study.search is not None else expand(study)
     paths = StudyPaths.of(study, storage_path)
     check_can_start(study, resume, paths, trials)
-    _start_ray(address, ray_init_kwargs)
+    _start_ray(address, ray_init_kwargs, verbose)
     at_once = _check_cluster(study, paths, trials, existing_cluster=address is not None)
-    check_free_space(study, paths, trials[0] if trials else _search_probe(study), at_once)
+    probe = trials[0] if trials else _search_probe(study)
+    check_free_space(study, paths, probe, at_once)
     lock = LocalLock(paths.study_dir)  # one driver per study, for this driver's life
     lock.acquire()
     try:
         # again, under the lock: a driver that ran and ended since the first check left a study
         check_can_start(study, resume, paths, trials)
-        run = _open_study(study, paths, resume, at_once)
-        rows = _drive_owned(run, trials)
+        run = _open_study(study, paths, resume, at_once, verbose)
+        with _display(study, trials, probe, verbose):
+            rows = _drive_owned(run, trials)
     finally:
         lock.release()
     from ncstudy.convergence_ref import log_steps_to_ref  # torch: only after a finished study
@@ -99,7 +104,19 @@ def run_study(
     return rows
 
 
-def _open_study(study: StudySpec, paths: StudyPaths, resume: bool, at_once: int) -> StudyRun:
+def _display(
+    study: StudySpec, trials: list[TrialSpec] | None, probe: TrialSpec, verbose: bool
+) -> progress.StudyProgress:
+    """The console's progress display for this run (plain lines with --verbose, where Ray's
+    and Tune's own output interleaves)."""
+    total = len(trials) if trials is not None else _search_size(study)
+    epochs = progress.planned_epochs(probe.model_dump(mode="json"))
+    return progress.StudyProgress(total, epochs, live=False if verbose else None)
+
+
+def _open_study(
+    study: StudySpec, paths: StudyPaths, resume: bool, at_once: int, verbose: bool
+) -> StudyRun:
     """The study's MLflow experiment and parent run (found again on --resume)."""
     study_yaml = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
     mlf = tracking.client(paths.tracking_uri)
@@ -118,7 +135,7 @@ def _open_study(study: StudySpec, paths: StudyPaths, resume: bool, at_once: int)
         parent_run_id=parent_id,
         train_storage=paths.train_storage,
     )
-    return StudyRun(study, paths, target, mlf, study_yaml, resume, at_once)
+    return StudyRun(study, paths, target, mlf, study_yaml, resume, at_once, verbose)
 
 
 def _drive_owned(run: StudyRun, trials: list[TrialSpec] | None) -> list[TrialRow]:
@@ -188,10 +205,14 @@ def _close_study(
     return rows
 
 
-def _start_ray(address: str | None, ray_init_kwargs: dict[str, Any] | None) -> None:
+def _start_ray(
+    address: str | None, ray_init_kwargs: dict[str, Any] | None, verbose: bool = False
+) -> None:
     """Start (or connect to) Ray unless it runs already. ray.init replaces the caller's SIGTERM
     handler by an immediate exit; a handler the caller installed (the CLI's, which stops the
-    study like Ctrl-C) is put back."""
+    study like Ctrl-C) is put back. Without `verbose` the workers' output (Ray Train's
+    checkpoint lines, library INFO lines) stays in Ray's log files: a trial's failure reaches
+    the console through the summary (its MLflow reason tag) and Tune's error lines."""
     import ray  # ray: only when a study runs
 
     if ray.is_initialized():
@@ -201,8 +222,8 @@ def _start_ray(address: str | None, ray_init_kwargs: dict[str, Any] | None) -> N
     # "local": always a fresh local Ray, never a cluster that happens to run on this machine
     from ncstudy.local_ray import local_ray_kwargs  # listens on 127.0.0.1 only
 
-    local = {} if address else local_ray_kwargs()
-    ray.init(address=address or "local", **(ray_init_kwargs or local))
+    kwargs = ray_init_kwargs or ({} if address else local_ray_kwargs(verbose))
+    ray.init(address=address or "local", **{"log_to_driver": verbose, **kwargs})
     if callable(handler):
         signal.signal(signal.SIGTERM, handler)
 
@@ -248,8 +269,12 @@ def _run_grid(run: StudyRun, trials: list[TrialSpec] | None) -> bool:
     todo = [t for t in trials if t.key not in done]
     if not todo:
         return False
+    _skip(len(trials) - len(todo))
     plan = grid_plan(todo)
-    _fit(build_tuner(plan, run.study, run.paths, run.target, run.resume, run.concurrency))
+    tuner = build_tuner(
+        plan, run.study, run.paths, run.target, run.resume, run.concurrency, run.verbose
+    )
+    _fit(tuner, run.verbose)
     return _was_interrupted(run.paths.tune_path(), len(todo), run.tune_status)
 
 
@@ -267,17 +292,34 @@ def _run_search(run: StudyRun) -> bool:
     for index, loss in enumerate(study.losses):
         total = s.n_trials(study.search, loss)
         left = total - s.finished_optuna_trials(study, loss, run.paths.study_dir)
+        _skip(total - max(left, 0))
         plan = search_plan(study, index, run.paths, run.target, left)
-        tuner = build_tuner(plan, study, run.paths, run.target, run.resume, run.concurrency)
+        tuner = build_tuner(
+            plan, study, run.paths, run.target, run.resume, run.concurrency, run.verbose
+        )
         if tuner is None:
             continue
-        _fit(tuner)
+        _fit(tuner, run.verbose)
         if _was_interrupted(run.paths.tune_path(loss.name), left, run.tune_status):
             return True
     return False
 
 
-def _fit(tuner: Any) -> None:
+def _skip(finished: int) -> None:
+    """Count trials an earlier run finished as done on the display."""
+    if (shown := progress.current()) is not None and finished > 0:
+        shown.skip(finished)
+
+
+def _search_size(study: StudySpec) -> int:
+    """How many trials the study's searches run in all."""
+    from ncstudy import search as s  # optuna: only for searches
+
+    assert study.search is not None
+    return sum(s.n_trials(study.search, loss) for loss in study.losses)
+
+
+def _fit(tuner: Any, verbose: bool = False) -> None:
     """Run a Tuner with Tune's SIGINT handler only while it runs. Tune installs its handler
     (stop the run, save the experiment) at the start of `fit()` and restores the previous one
     only after a signal, so without this a later Ctrl-C or SIGTERM (the CLI forwards SIGTERM to
@@ -285,7 +327,8 @@ def _fit(tuner: Any) -> None:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
-        tuner.fit()
+        with progress.tune_output(verbose):
+            tuner.fit()
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

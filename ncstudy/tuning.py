@@ -9,10 +9,12 @@ Tune sees it (search.py). Where the study records (StudyTarget) is bound to the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ncstudy import progress
 from ncstudy.cluster import max_concurrent_trials
 from ncstudy.config import StudySpec, TrialSpec
 from ncstudy.paths import StudyPaths
@@ -43,6 +45,7 @@ def build_tuner(
     target: StudyTarget,
     resume: bool,
     concurrency: int,
+    verbose: bool = False,
 ) -> Any:
     """The plan's Tuner: restored from Tune's saved state when resuming, else new (None when
     the plan has nothing left to run)."""
@@ -78,7 +81,7 @@ def build_tuner(
                 num_to_keep=study.resources.checkpoints_to_keep
             ),
             callbacks=[_progress_callback()],
-            verbose=0,
+            verbose=None if verbose else 0,  # None: Tune's default output
         ),
     )
 
@@ -140,8 +143,29 @@ def concurrency(study: StudySpec, trial: TrialSpec, existing_cluster: bool = Fal
     an existing (possibly autoscaling) cluster the YAML's limit as given (cluster.py)."""
     import ray  # ray: only when a study runs
 
+    return max_concurrent_trials(
+        ray.cluster_resources(),
+        per_trial_resources(trial),
+        study.resources.max_concurrent_trials,
+        existing_cluster=existing_cluster,
+    )
+
+
+def local_concurrency(study: StudySpec, trial: TrialSpec) -> int:
+    """`concurrency` for the local Ray this machine would start, without starting it: all its
+    CPUs (local_ray.py) and the GPUs torch sees. ValueError when no trial fits."""
+    import torch  # torch: only for a local study's pre-flight, not to validate a study
+
+    machine = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return max_concurrent_trials(
+        machine, per_trial_resources(trial), study.resources.max_concurrent_trials
+    )
+
+
+def per_trial_resources(trial: TrialSpec) -> dict[str, Any]:
+    """What one trial holds, as cluster.trial_demand reads it."""
     r = trial.resources
-    per_trial = {
+    return {
         "workers_per_trial": r.workers_per_trial,
         "cpus_per_worker": r.cpus_per_worker,
         "gpus_per_worker": r.gpus_per_worker,
@@ -149,33 +173,40 @@ def concurrency(study: StudySpec, trial: TrialSpec, existing_cluster: bool = Fal
         # the fast path's Tune process is the worker; a Train trial's Tune process only waits
         "driver_cpus": TRAIN_DRIVER_CPU if uses_train(trial) else 0.0,
     }
-    return max_concurrent_trials(
-        ray.cluster_resources(),
-        per_trial,
-        study.resources.max_concurrent_trials,
-        existing_cluster=existing_cluster,
-    )
+
+
+def latest_text(result: dict[str, Any]) -> str:
+    """A trial's latest metrics in one phrase: training loss and validation accuracy."""
+    loss = result.get("train/loss")
+    text = "" if loss is None else f"loss {loss:.4f}"
+    val = result.get("val/acc1")  # absent without a validation split
+    return text if val is None else f"{text}  val acc1 {100 * val:.2f} %".strip()
 
 
 def _progress_callback() -> Any:
-    """A Tune callback that prints one line per evaluation and per ended trial."""
+    """A Tune callback that feeds the study's display (progress.py): trial starts, results and
+    ends. It holds no display itself: a copy restored from Tune's saved state (--resume) feeds
+    the display of the run that restored it."""
     from ray import tune  # ray: only when a study runs
 
     class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+            if (shown := progress.current()) is not None:
+                shown.started(trial_key(trial), trial.config["trial"])
+
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-            if "test/acc1" in result:  # an evaluation epoch
-                val = result.get("val/acc1")  # absent without a validation split
-                val_text = "n/a" if val is None else f"{100 * val:.2f} %"
-                print(
-                    f"  {trial_key(trial)}: epoch {result.get('epoch')}  "
-                    f"loss {result['train/loss']:.4f}  val acc1 {val_text}",
-                    flush=True,
-                )
+            if (shown := progress.current()) is not None:
+                evaluated = "test/acc1" in result  # an evaluation epoch
+                epoch = int(result.get("epoch") or 0)
+                shown.result(trial_key(trial), epoch, latest_text(result), evaluated)
 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            print(f"  {trial_key(trial)}: done", flush=True)
+            if (shown := progress.current()) is not None:  # a NaN loss ends with status failed
+                failed = (trial.last_result or {}).get("status") == "failed"
+                shown.ended(trial_key(trial), failed)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-            print(f"  {trial_key(trial)}: error (see the summary)", flush=True)
+            if (shown := progress.current()) is not None:
+                shown.ended(trial_key(trial), failed=True)
 
     return Progress()

@@ -65,7 +65,9 @@ def test_an_override_cannot_fight_a_grid_axis_or_a_ufm_study() -> None:
 
 
 def test_dry_run_shows_the_overridden_lr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main([str(STUDIES / "temp_batch_cifar.yaml"), "--dry-run", "--output", str(tmp_path)])
+    # a GPU-cluster study: --address (not contacted by --dry-run) skips this machine's checks
+    args = ["--dry-run", "--output", str(tmp_path), "--address", "127.0.0.1:6379"]
+    code = main([str(STUDIES / "temp_batch_cifar.yaml"), *args])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     rows = {line.split()[0]: line.split() for line in lines if "-b512-" in line}
