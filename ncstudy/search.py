@@ -231,7 +231,7 @@ def optuna_study_name(study: StudySpec, loss: LossSpec) -> str:
 def make_sampler(search: SearchSpec, loss: LossSpec) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the search names, seeded."""
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed)
+        return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.tpe_startup())
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "cmaes":
@@ -276,7 +276,7 @@ def make_scheduler(search: SearchSpec, max_epochs: int) -> Any:
             metric=search.metric,
             mode=search.mode,
             max_t=max_epochs,
-            grace_period=search.grace_epochs,
+            grace_period=search.grace(max_epochs),
             reduction_factor=2,
         )
     if search.pruner == "median":
@@ -284,7 +284,7 @@ def make_scheduler(search: SearchSpec, max_epochs: int) -> Any:
             time_attr="epoch",
             metric=search.metric,
             mode=search.mode,
-            grace_period=search.grace_epochs,
+            grace_period=search.grace(max_epochs),
             min_samples_required=2,
         )
     return None

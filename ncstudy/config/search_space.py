@@ -44,7 +44,20 @@ class SearchSpec(Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     seed: int = 0
     pruner: Literal["asha", "median", "none"] = "asha"
-    grace_epochs: int = Field(1, ge=1, description="epochs before a trial may be pruned")
+    grace_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="epochs before a trial may be pruned; default a third of train.epochs "
+        "(at least 1): benchmarks/README.md, 'Optuna search against the full grid'",
+    )
+    startup_trials: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="tpe: random trials before TPE models the results; default a quarter of "
+        "n_trials, 3 to 10 (Optuna's own default is 10)",
+    )
     metric: str = "val/acc1"
     mode: Literal["max", "min"] = "max"
     space: dict[str, RangeSpec | list[Any]]
@@ -72,6 +85,18 @@ class SearchSpec(Strict):
             raise ValueError(f"n_trials: the {self.sampler} sampler needs a number of trials")
         self._check_metric()
         return self
+
+    def grace(self, epochs: int) -> int:
+        """Epochs before a trial may be pruned: the given value, else a third of `epochs` (ASHA
+        judging at a third came within 0.33-0.37 points of the grid's best, at a quarter
+        0.21-0.48, at 1 or 2 epochs 0.37-0.50: benchmarks/bench_search_replay.py)."""
+        return self.grace_epochs or max(1, epochs // 3)
+
+    def tpe_startup(self) -> int:
+        """TPE's random start: the given value, else a quarter of the trials, 3 to 10."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(10, max(3, (self.n_trials or 0) // 4))
 
     def _check_metric(self) -> None:
         choices = ", ".join(SEARCH_METRICS)
