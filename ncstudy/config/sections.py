@@ -52,6 +52,11 @@ class DatasetSpec(Strict):
     root: str | None = Field(None, description="where the files are (file-based datasets)")
     image_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE)
     augment: bool = True
+    crop: Literal["resized", "padded"] = Field(
+        "resized",
+        description="training crop of image datasets: RandomResizedCrop (scale 0.2-1), or a "
+        "random crop of the image zero-padded by 1/8 of its side (CIFAR's 4 px) + flip",
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     split_seed: Seed = 0
@@ -77,6 +82,12 @@ class DatasetSpec(Strict):
             # the YAML's own mistakes first, so they are reported with or without the extra
             if self.name == "digits":
                 raise ValueError("loader: ffcv serves image datasets; use torchvision")
+            if self.name == "miniimagenet":
+                raise ValueError("loader: ffcv has no miniimagenet files; use torchvision")
+            if self.crop == "padded":
+                raise ValueError(
+                    "crop: padded runs on the torchvision loader; use loader: torchvision"
+                )
             if self.beton_dir is None:
                 raise ValueError(
                     "beton_dir: loader: ffcv needs the folder of the .beton files "
