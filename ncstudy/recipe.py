@@ -48,7 +48,7 @@ def multistep_factor(
 def schedule_factor(train: Any, steps_per_epoch: int) -> Callable[[int], float] | None:
     """The multi-step schedule of a TrainSpec (`lr_schedule: multistep`), or None for the
     default warmup + cosine schedule, which the worker loop builds itself."""
-    if getattr(train, "lr_schedule", "cosine") != "multistep":
+    if train.lr_schedule != "multistep":
         return None
     total = train.epochs * steps_per_epoch
     warmup = int(round(train.warmup_epochs * steps_per_epoch))
