@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ncstudy.recipe import TEST_AT_BEST_VAL
 from ncstudy.report.figures import CMAP, FigureFile, _save
@@ -85,6 +86,7 @@ def _curves(
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
     axes[0].legend(fontsize=8)
     return fig, last
@@ -159,7 +161,9 @@ def width_epoch_heatmap(trials: pd.DataFrame, out_dir: Path) -> list[FigureFile]
             grid[widths.index(r["width"]), epochs.index(r["epochs"])] = r["acc"]
         image = ax.imshow(grid, cmap=CMAP, vmin=vmin, vmax=vmax + 1e-9, origin="lower")
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, "—" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=7)
+            dark = not np.isnan(v) and v - vmin < 0.4 * (vmax - vmin)  # on purple: white text
+            text = "—" if np.isnan(v) else f"{v:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, c="white" if dark else "k")
         ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
         ax.set_yticks(range(len(widths)), [f"{w:g}" for w in widths])
         ax.set(xlabel="epochs", ylabel="model.width", title=loss)
