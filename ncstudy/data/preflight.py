@@ -126,7 +126,10 @@ def _check_miniimagenet(spec: Any) -> None:
 
     if spec.root is None:
         raise _fail("dataset.root", spec, f"not set; {HOW_TO_GET}")
-    _check_tree(Path(spec.root).expanduser(), "dataset.root", spec, CLASSES)
+    root = Path(spec.root).expanduser()
+    if not root.is_dir():
+        raise _fail("dataset.root", spec, f"{root} does not exist; {HOW_TO_GET}")
+    _check_tree(root, "dataset.root", spec, CLASSES)
 
 
 def _check_cifar(spec: Any) -> None:

@@ -63,6 +63,8 @@ def test_without_root_the_error_says_how_to_get_it() -> None:
         build_data(DatasetSpec(name="miniimagenet"), seed=0)
     with pytest.raises(SpecError, match="dataset.root.*no download"):
         check_study_data(parse_study(_study(None)))
+    with pytest.raises(SpecError, match="nowhere does not exist; miniImageNet has no download"):
+        check_study_data(parse_study(_study("/nowhere")))
 
 
 def test_a_tree_with_other_classes_is_refused(tmp_path: Path, tree: Path) -> None:
