@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from ncstudy.evaluate import passes
 from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
 from ncstudy.models import build_model
+from ncstudy.recipe import BestVal, clip_gradients, schedule_factor, track_best_val
 from ncstudy.runlog import RunLogger, tune_view
 from ncstudy.targets import RunTarget
 
@@ -80,6 +82,9 @@ def lr_lambda(trial: TrialSpec, steps_per_epoch: int) -> Any:
     """Multiplier of the effective lr at optimiser step s: linear warmup from
     `warmup_start_factor`, then cosine decay to `min_lr_factor`."""
     t = trial.train
+    multistep = schedule_factor(t, steps_per_epoch)  # `lr_schedule: multistep` (ncstudy.recipe)
+    if multistep is not None:
+        return multistep
     warmup = int(round(t.warmup_epochs * steps_per_epoch))
     total = t.epochs * steps_per_epoch
 
@@ -144,6 +149,7 @@ class Progress:
     start_epoch: int = 1
     final: dict[str, Any] | None = None
     pending: bool = False
+    best: BestVal = field(default_factory=BestVal)  # test accuracy at the best-val epoch
 
 
 def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = None) -> None:
@@ -295,6 +301,7 @@ def restore(w: Worker, opt: Optimisation, state: dict[str, Any] | None) -> Progr
         start_epoch=state["epoch"] + 1,
         final=final,
         pending=final is not None,
+        best=BestVal(**state.get("best_at_val", {})),
     )
 
 
@@ -308,6 +315,7 @@ def snapshot(w: Worker, opt: Optimisation, progress: Progress, epoch: int, **ext
         "epoch": epoch,
         "history": progress.history,
         "best_val": progress.best_val,
+        "best_at_val": dict(vars(progress.best)),
         "trial": w.trial.model_dump(mode="json"),
         **extra,
     }
@@ -358,6 +366,7 @@ def train_step(w: Worker, opt: Optimisation, x: torch.Tensor, y: torch.Tensor) -
         out, h = w.net(x, y)
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(out.loss).backward()
+    clip_gradients(w.net, opt.optimizer, opt.scaler, w.trial.train.grad_clip_norm)
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()
@@ -391,6 +400,9 @@ def end_of_epoch(
         metrics["val/acc1"] = passes.accuracy(
             w.core.encoder, w.core.criterion, w.loaders["val"], w.device
         )
+    if ev.test_at_best_val:  # before best_val moves: the test accuracy of a new best epoch
+        test = partial(passes.accuracy, w.core.encoder, w.core.criterion, w.loaders["test"])
+        track_best_val(progress.best, progress.best_val, metrics, partial(test, w.device))
     if "val/acc1" in metrics:
         progress.best_val = max(progress.best_val, metrics["val/acc1"])
         metrics["best/val_acc1"] = progress.best_val

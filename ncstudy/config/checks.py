@@ -317,6 +317,15 @@ def _check_search_metric(study: StudySpec) -> None:
             )
 
 
+def check_test_at_best_val(study: StudySpec) -> None:
+    """evaluation.test_at_best_val selects on val/acc1: it needs a validation split."""
+    if study.evaluation.test_at_best_val and study.dataset.val_fraction == 0:
+        raise ValueError(
+            "evaluation.test_at_best_val: it picks the epoch by val/acc1, but "
+            "dataset.val_fraction is 0; set it > 0 (the paper holds out 0.1) or remove it"
+        )
+
+
 def _no_such_loss_param(study: StudySpec, where: str, field: str) -> str:
     """The error of a `loss.<param>` axis or search entry that no loss of the study has."""
     from ncstudy.losses import loss_params_model  # the loss registry imports torch

@@ -204,6 +204,11 @@ class EvaluationSpec(Strict):
     convergence: ConvergenceSpec = Field(default_factory=ConvergenceSpec)
     nc_metrics: bool = True
     nc_on_test: bool = False
+    test_at_best_val: bool = Field(
+        False,
+        description="log test/acc1_at_best_val: the test accuracy at the best-val epoch "
+        "(a test pass at each new best; needs dataset.val_fraction > 0)",
+    )
     max_intra_classes: int = Field(100, ge=1, le=100_000)
     eval_batch_size: BatchSize = 512
     system_metrics: bool = Field(

@@ -52,6 +52,11 @@ class DatasetSpec(Strict):
     root: str | None = Field(None, description="where the files are (file-based datasets)")
     image_size: int | None = Field(None, ge=4, le=MAX_IMAGE_SIZE)
     augment: bool = True
+    crop: Literal["resized", "padded"] = Field(
+        "resized",
+        description="training crop of image datasets: RandomResizedCrop (scale 0.2-1), or a "
+        "random crop of the image zero-padded by 1/8 of its side (CIFAR's 4 px) + flip",
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     split_seed: Seed = 0
@@ -77,6 +82,12 @@ class DatasetSpec(Strict):
             # the YAML's own mistakes first, so they are reported with or without the extra
             if self.name == "digits":
                 raise ValueError("loader: ffcv serves image datasets; use torchvision")
+            if self.name == "miniimagenet":
+                raise ValueError("loader: ffcv has no miniimagenet files; use torchvision")
+            if self.crop == "padded":
+                raise ValueError(
+                    "crop: padded runs on the torchvision loader; use loader: torchvision"
+                )
             if self.beton_dir is None:
                 raise ValueError(
                     "beton_dir: loader: ffcv needs the folder of the .beton files "
@@ -147,6 +158,19 @@ class TrainSpec(Strict):
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of lr")
     amp: bool = False
+    # The paper-004 recipe (ncstudy/recipe.py): multi-step decay by fractions of training, and
+    # gradient-norm clipping.
+    lr_schedule: Literal["cosine", "multistep"] = Field(
+        "cosine", description="after the warmup: cosine decay, or x lr_gamma at each milestone"
+    )
+    lr_milestones: list[float] = Field(
+        default_factory=list,
+        description="multistep: fractions of the training steps, increasing, in (0, 1)",
+    )
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="multistep: lr factor per milestone")
+    grad_clip_norm: float | None = Field(
+        None, gt=0, description="clip the global gradient norm to this (None: no clipping)"
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSpec:
@@ -156,6 +180,7 @@ class TrainSpec(Strict):
             )
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: true needs momentum > 0")
+        check_lr_schedule(self.lr_schedule, self.lr_milestones)
         return self
 
     def effective_lr(self, batch_size: int) -> float:
@@ -320,6 +345,23 @@ class UFMSpec(Strict):
     def num_samples(self) -> int:
         """N = K n: the whole sample set, which is also the (single) batch."""
         return self.K * self.n_per_class
+
+
+def check_lr_schedule(schedule: str, milestones: list[float]) -> None:
+    """lr_milestones: only for multistep, where at least one is needed, each a fraction of
+    training in (0, 1), strictly increasing."""
+    if schedule != "multistep":
+        if milestones:
+            raise ValueError("lr_milestones applies to lr_schedule: multistep only; remove it")
+        return
+    if not milestones:
+        raise ValueError(
+            "lr_milestones: multistep needs fractions of training, e.g. [0.4286, 0.7143]"
+        )
+    if any(not 0 < m < 1 for m in milestones):
+        raise ValueError(f"lr_milestones: fractions of training in (0, 1), got {milestones}")
+    if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
+        raise ValueError(f"lr_milestones: must be strictly increasing, got {milestones}")
 
 
 def _check_temperatures(values: list[float]) -> list[float]:

@@ -26,6 +26,7 @@ from ncstudy.config.checks import (
     _check_loss_values,
     _check_search_metric,
     _check_ufm_study,
+    check_test_at_best_val,
 )
 from ncstudy.config.errors import SpecError, _first_error
 from ncstudy.config.evaluation import EvaluationSpec
@@ -88,6 +89,7 @@ class StudySpec(Strict):
         _check_grid_size(self)
         _check_loss_train(self)
         _check_search_metric(self)
+        check_test_at_best_val(self)
         if self.model.name == UFM_MODEL or self.ufm is not None:
             for path, values in self.grid.axes.items():
                 _check_axis(self, path, values)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ncstudy.data import cifar, digits, imagefolder
+from ncstudy.data import cifar, digits, imagefolder, miniimagenet
 from ncstudy.data.bundle import DataBundle
 from ncstudy.data.registry import dataset_facts
 
@@ -14,6 +14,7 @@ BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
     **digits.BUILDERS,
     **cifar.BUILDERS,
     **imagefolder.BUILDERS,
+    miniimagenet.NAME: miniimagenet.build_miniimagenet,
 }
 
 

@@ -105,7 +105,9 @@ def make_bundle(
             beton, tr, size, stats, augment, num_workers=spec.num_workers
         )
     return DataBundle(
-        train=ImageDataset(train, tr, tf.classifier_transform(size, stats) if augment else plain),
+        train=ImageDataset(
+            train, tr, tf.classifier_transform(size, stats, spec.crop) if augment else plain
+        ),
         train_eval=ImageDataset(train, tr, plain),
         val=ImageDataset(train, va, plain),
         test=ImageDataset(test, te, plain),

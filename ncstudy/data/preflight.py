@@ -108,6 +108,8 @@ def _check_dataset(spec: Any) -> None:
         _check_cifar(spec)
     elif spec.name.startswith("cifar10_jpeg"):
         _check_cifar10_jpeg(spec)
+    elif spec.name == "miniimagenet":  # its own message: no download exists
+        _check_miniimagenet(spec)
     elif spec.name in ("imagefolder", *IMAGENET_CLASSES):
         if spec.root is None:
             raise _fail("dataset.root", spec, "not set; point it at the train/ + val/ tree")
@@ -116,6 +118,18 @@ def _check_dataset(spec: Any) -> None:
         )
     if spec.loader == "ffcv":
         _check_ffcv(spec)
+
+
+def _check_miniimagenet(spec: Any) -> None:
+    # torch, torchvision: see the module docstring
+    from ncstudy.data.miniimagenet import CLASSES, HOW_TO_GET
+
+    if spec.root is None:
+        raise _fail("dataset.root", spec, f"not set; {HOW_TO_GET}")
+    root = Path(spec.root).expanduser()
+    if not root.is_dir():
+        raise _fail("dataset.root", spec, f"{root} does not exist; {HOW_TO_GET}")
+    _check_tree(root, "dataset.root", spec, CLASSES)
 
 
 def _check_cifar(spec: Any) -> None:

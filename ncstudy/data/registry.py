@@ -52,6 +52,7 @@ DATASETS: dict[str, DatasetFacts] = {
     "imagefolder": DatasetFacts(_folder_classes, IMAGENET_STATS),
     "imagenet": DatasetFacts(1000, IMAGENET_STATS, imagenet_1k=True),
     "imagenet100": DatasetFacts(100, IMAGENET_STATS),
+    "miniimagenet": DatasetFacts(100, IMAGENET_STATS),  # ncstudy/data/miniimagenet.py
     "cifar10_jpeg": DatasetFacts(10, CIFAR10_STATS),
     "cifar10_jpeg_lt": DatasetFacts(10, CIFAR10_STATS),
 }

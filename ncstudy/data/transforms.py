@@ -26,11 +26,23 @@ def _finish(stats: Stats) -> list[Any]:
     return [T.ToTensor(), T.Normalize(*stats)]
 
 
-def classifier_transform(size: int, stats: Stats) -> Callable[[Any], torch.Tensor]:
-    """Training augmentation of the classifier losses: random resized crop and flip."""
+def classifier_transform(
+    size: int, stats: Stats, crop: str = "resized"
+) -> Callable[[Any], torch.Tensor]:
+    """Training augmentation of the classifier losses: random resized crop and flip, or
+    (`crop: padded`) the standard padded crop and flip."""
+    if crop == "padded":
+        return padded_crop_transform(size, stats)
     return T.Compose(
         [T.RandomResizedCrop(size, scale=CROP_SCALE), T.RandomHorizontalFlip(), *_finish(stats)]
     )
+
+
+def padded_crop_transform(size: int, stats: Stats) -> Callable[[Any], torch.Tensor]:
+    """The standard CIFAR augmentation: a random size x size crop of the image zero-padded by
+    size // 8 on each side (4 px at 32), and a horizontal flip."""
+    crop = T.RandomCrop(size, padding=size // 8)
+    return T.Compose([T.Resize(size), crop, T.RandomHorizontalFlip(), *_finish(stats)])
 
 
 def contrastive_transform(

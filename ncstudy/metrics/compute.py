@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ncstudy.metrics import classical, generalized, information, rank
+from ncstudy.metrics import classical, generalized, information, rank, zhou
 from ncstudy.metrics.stats import NCStatistics
 
 FEATURE_METRICS = (
@@ -44,6 +44,8 @@ WEIGHT_METRICS = (
     "gnc2",
     "gnc3",
     "max_cos_weights",
+    "nc2_zhou",
+    "nc3_zhou",
 )
 METRIC_NAMES = FEATURE_METRICS + WEIGHT_METRICS
 
@@ -95,6 +97,8 @@ def _weight_metrics(stats: NCStatistics, weights: Tensor) -> dict[str, float | N
         "gnc2": generalized.gnc2(weights),
         "gnc3": generalized.gnc3(w_present, centred),
         "max_cos_weights": generalized.max_cos_weights(weights),
+        "nc2_zhou": zhou.nc2_zhou(weights),  # paper 004's NC2 and NC3 (ncstudy/metrics/zhou.py)
+        "nc3_zhou": zhou.nc3_zhou(w_present, centred),
     }
     out.update(information.information_metrics(w_present, mu_hat, global_z))
     return out

@@ -35,6 +35,8 @@ ZERO_TARGET = (
     "align_weight_inst",
     "align_inst_mean",
     "hdr",
+    "nc2_zhou",
+    "nc3_zhou",
 )
 # Metrics whose NC value is K-1 (closeness = value/(K-1)).
 SIMPLEX_RANK_TARGET = ("erank_inter", "erank_weights")

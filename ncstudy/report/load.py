@@ -31,7 +31,7 @@ from ncstudy.data.registry import dataset_num_classes
 from ncstudy.report.clock import fill_steps_to_ref
 
 NOT_STARTED = "NOT STARTED"
-HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss")
+HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss", "train/objective")
 BASE_COLUMNS = [
     "key",
     "run_id",

@@ -72,6 +72,37 @@ def theory_value(trial: TrialSpec) -> float | None:
     return None
 
 
+def regularized_optimum(trial: TrialSpec) -> float | None:
+    """The predicted minimum of the regularised objective (Zhou et al. 2022, Theorem 1: the
+    simplex ETF with h = sqrt(lambda_W / (lambda_H n)) w, for K < d), from the one-dimensional
+    reduced problem of ufm/theory.py; None where the theorem does not apply."""
+    u = trial.ufm
+    if u is None or u.variant != "regularized" or u.d <= u.K:
+        return None
+    if trial.loss not in theory.REGULARIZED_LOSSES:
+        return None
+    _, objective = theory.regularized_optimum(
+        trial.loss,
+        num_classes=u.K,
+        n_per_class=u.n_per_class,
+        lambda_w=u.lambda_w,
+        lambda_h=u.lambda_h,
+        lambda_b=u.lambda_b,
+        params=dict(trial.loss_params),
+    )
+    return objective
+
+
+def objective_gap(metrics: dict[str, Any], optimum: float | None) -> dict[str, float]:
+    """`ufm/theory_objective` and `ufm/objective_gap` (reached - predicted) of a round."""
+    if optimum is None:
+        return {}
+    return {
+        "ufm/theory_objective": optimum,
+        "ufm/objective_gap": metrics["train/objective"] - optimum,
+    }
+
+
 def nc_metrics(problem: UFMProblem, num_classes: int, max_intra_classes: int) -> dict[str, float]:
     """NC metrics of the free features with the loss's own classifier (and its predictions)."""
     crit, h, y = problem.criterion, problem.features.detach(), problem.labels
@@ -112,9 +143,10 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = None)
         init = {f"nc/{k}": v for k, v in _nc(problem, trial).items()}
         record_history(history, init, 0, UFM_CLOCK_METRICS)
         log.log(init, 0)
-    bound = theory_value(trial)
+    bound, optimum = theory_value(trial), regularized_optimum(trial)
     while problem.iteration < u.iterations:
         metrics = ufm_round(problem, trial, bound)
+        metrics.update(objective_gap(metrics, optimum))  # regularised: Zhou et al.'s optimum
         it, loss = metrics["epoch"], metrics["train/loss"]
         if not math.isfinite(loss):
             metrics.update(status="failed", reason=f"UFM loss is {loss} at iteration {it}")

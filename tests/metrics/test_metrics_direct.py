@@ -108,6 +108,8 @@ def direct_metrics(h: np.ndarray, y: np.ndarray, pred: np.ndarray, w: np.ndarray
         "align_inst_mean": ((z - mu_hat[y]) ** 2).sum(1).mean(),
         "max_cos_weights": _pairs(cos_w).max(),
         "gnc2": _brute_force_ovr(w),
+        "nc2_zhou": np.linalg.norm((g := w @ w.T) / np.linalg.norm(g) - etf),
+        "nc3_zhou": np.linalg.norm((g := w @ mt.T) / np.linalg.norm(g) - etf),
     }
     out["mir"], out["hdr"] = _mir_hdr(w_hat, _unit(mu_hat - mu_hat.mean(0)))
     out["mir_paper"], out["hdr_paper"] = _mir_hdr(w_hat, _unit(mu_hat - _unit(z.mean(0))))
