@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from ncstudy.convergence_ref import REFERENCE_TAG, log_steps_to_ref, metric_series
 from ncstudy.metrics import steps_to_ref
 from ncstudy.report.cli import main as report_main
-from ncstudy.report.nc_tables import TABLE7_METRICS
+from ncstudy.report.table7 import TABLE7_METRICS
 
 pytestmark = pytest.mark.slow
 
