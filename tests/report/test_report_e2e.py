@@ -115,7 +115,7 @@ def test_report_of_a_real_study(tmp_path: Path) -> None:
     assert compared >= 1
     # and steps_to_ref itself, recomputed here from the MLflow histories
     hist = {
-        key: metric_series(mlf, r.info.run_id, "nc/erank_inter")
+        key: metric_series(mlf, r.info.run_id, "clock/erank_inter")
         for key, r in (("ce", ce), ("nf", best))
     }
     expected = steps_to_ref(*hist["nf"], *hist["ce"], target=9.0, alpha=0.1)
