@@ -5,7 +5,8 @@ The reference of a trial is the finished trial of `evaluation.convergence.refere
 first finished one with the same seed (spec/metrics.md, "Convergence speed"; the source paper's
 Table 7 (II)); the EWMA uses `evaluation.convergence.ewma_alpha`. The reference itself gets its
 own value too: the step at which it reaches its converged value, the denominator of Table 7
-(II)'s ratios. Run at the end of a study, from the NC metric histories in MLflow. The clock
+(II)'s ratios. Run at the end of a study, from the clock histories in MLflow (`clock/<metric>`
+at training iterations; `nc/<metric>` for UFM trials, whose steps are iterations). The clock
 itself (`ncstudy.metrics.steps_to_ref`) works on plain (steps, values) lists.
 """
 
@@ -24,10 +25,17 @@ import yaml
 from ncstudy import tracking
 from ncstudy.config import TrialSpec
 from ncstudy.metrics import metric_target, steps_to_ref
+from ncstudy.metrics.convergence import CLOCK_PREFIX
 
 REFERENCE_TAG = "ncstudy.steps_to_ref.reference"
 NC_PREFIX = "nc/"
 Series = tuple[list[int], list[float]]  # a metric's history: steps, values
+
+
+def clock_prefix(metric_keys: Iterable[str]) -> str:
+    """Where a run's clock histories are: `clock/` (the network trials' clock pass, step =
+    iteration) when it logged any, else `nc/` (UFM trials, and runs from before the pass)."""
+    return CLOCK_PREFIX if any(k.startswith(CLOCK_PREFIX) for k in metric_keys) else NC_PREFIX
 
 
 def metric_series(mlf: Any, run_id: str, key: str) -> tuple[list[int], list[float]]:
@@ -127,10 +135,11 @@ def log_steps_to_ref(
     specs = {key: trial_spec_of(mlf, runs[key].info.run_id) for key in trial_keys if key in runs}
     histories: dict[tuple[str, str], Series] = {}
 
-    def history(key: str, metric: str) -> Series:
-        if (key, metric) not in histories:
-            histories[key, metric] = metric_series(mlf, runs[key].info.run_id, NC_PREFIX + metric)
-        return histories[key, metric]
+    def history(key: str, prefix: str, metric: str) -> Series:
+        if (key, prefix + metric) not in histories:
+            run_id = runs[key].info.run_id
+            histories[key, prefix + metric] = metric_series(mlf, run_id, prefix + metric)
+        return histories[key, prefix + metric]
 
     for key, spec in specs.items():
         clock = spec.evaluation.convergence
@@ -141,14 +150,15 @@ def log_steps_to_ref(
             continue
         num_classes = num_classes_of(spec)
         ref_metrics = runs[ref.key].data.metrics
-        metrics = sorted(k[len(NC_PREFIX) :] for k in ref_metrics if k.startswith(NC_PREFIX))
+        prefix = clock_prefix(ref_metrics)
+        metrics = sorted(k[len(prefix) :] for k in ref_metrics if k.startswith(prefix))
         out: dict[str, float] = {}
         last_step = 0
         for metric, steps, reached in reached_steps(
             metrics,
             num_classes,
-            functools.partial(history, key),
-            functools.partial(history, ref.key),
+            functools.partial(history, key, clock_prefix(runs[key].data.metrics)),
+            functools.partial(history, ref.key, prefix),
             smoothing,
         ):
             last_step = max([last_step, *steps])

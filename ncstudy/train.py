@@ -28,8 +28,9 @@ from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes
+from ncstudy.evaluate.clock import clock_for_worker
 from ncstudy.losses import build_loss
-from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
+from ncstudy.metrics.convergence import clock_summary
 from ncstudy.models import build_model
 from ncstudy.recipe import BestVal, clip_gradients, schedule_factor, track_best_val
 from ncstudy.runlog import RunLogger, tune_view
@@ -118,6 +119,7 @@ class Worker:
     loader: Any  # torch DataLoader or FFCV loader: len(), set_epoch via `sampler`
     sampler: Any
     loaders: dict[str, DataLoader]
+    clock: Any = None  # the convergence clock's pass (ncstudy.evaluate.clock), set by train_loop
 
     @property
     def amp(self) -> bool:
@@ -160,6 +162,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     state = ctx.load_state()
     progress = restore(w, opt, state)
     log = RunLogger(run, ctx.is_main)
+    w.clock = clock_for_worker(w, progress.history, log)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
     log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
     with log.system_metrics(trial.evaluation.system_metrics):
@@ -322,12 +325,13 @@ def snapshot(w: Worker, opt: Optimisation, progress: Progress, epoch: int, **ext
 
 
 def start_clock(w: Worker, progress: Progress, log: RunLogger) -> None:
-    """Step 0 of the convergence clock: closeness to a target of 0 is measured against the value
-    at initialisation, so the metrics pass runs once before the first step."""
+    """Step 0: the metrics pass (logged at step 0) and the clock pass (iteration 0) run once
+    before the first step; the clock measures closeness to a target of 0 against its value at
+    initialisation."""
     init, nc_tags = _nc_evaluation(w.core, w.trial, w.data.num_classes, w.loaders, w.device)
-    record_history(progress.history, init, 0, NETWORK_CLOCK_METRICS)
     log.tag(nc_tags)
     log.log(init, 0)
+    w.clock.measure(0)
 
 
 def train_epoch(w: Worker, opt: Optimisation, epoch: int) -> dict[str, Any]:
@@ -341,6 +345,8 @@ def train_epoch(w: Worker, opt: Optimisation, epoch: int) -> dict[str, Any]:
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, n, correct, skipped anchors
     for x, y in w.loader:
         sums += train_step(w, opt, x, y)
+        if w.clock is not None:  # every evaluation.convergence.every_steps iterations
+            w.clock.after_step(opt.scheduler.last_epoch)
     loss_sum, n, correct, skipped = passes.all_reduce_sum(sums.tolist(), w.device)
     seconds = time.perf_counter() - started
     track_acc = not w.core.criterion.needs_class_means
@@ -393,7 +399,6 @@ def end_of_epoch(
         )
         metrics.update(found)
         log.tag(nc_tags)
-        record_history(progress.history, metrics, epoch, NETWORK_CLOCK_METRICS)
     elif w.has_val and not w.core.criterion.needs_class_means:
         # validation accuracy every epoch (cheap: forward only on the small split) so that
         # schedulers and pruners see it; prototype classifiers only exist after an evaluation
@@ -435,6 +440,7 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
         )
     alpha = trial.evaluation.convergence.ewma_alpha
     final.update(_summary(final, progress.history, w.data.num_classes, alpha))
+    final["steps_total"] = float(opt.scheduler.last_epoch)  # Table 7 (I): of max iterations
     final["status"] = "finished"
     log.log(final, epochs)
     log.model(w.core.state_dict(), model_meta(w))

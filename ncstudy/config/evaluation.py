@@ -173,7 +173,27 @@ class CorruptionSpec(Strict):
 class ConvergenceSpec(Strict):
     """The convergence clock (spec/metrics.md, "Convergence speed")."""
 
-    ewma_alpha: float = Field(0.1, gt=0, le=1, description="EWMA smoothing of the closeness")
+    ewma_alpha: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="EWMA weight of one training iteration (time-aware: a measurement n "
+        "iterations after the last weighs 1-(1-alpha)^n); 0.1 lags a jump by 29 iterations",
+    )
+    every_steps: int = Field(
+        50,
+        ge=1,
+        le=1_000_000,
+        description="training iterations between two clock passes (the tracked metrics on "
+        "subset_size training samples), independent of `every`",
+    )
+    subset_size: int = Field(
+        1000,
+        ge=2,
+        le=100_000,
+        description="training samples (fixed, drawn with the trial's seed) the clock pass "
+        "measures; held in memory as input tensors",
+    )
     reference_loss: str = Field(
         "ce", description="steps_to_ref: the loss whose trial (same seed) is the reference"
     )

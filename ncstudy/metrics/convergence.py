@@ -1,10 +1,13 @@
 """The convergence clock (the source paper's Table 7): closeness, EWMA, steps to 95% / to a ref.
 
 closeness in [0, 1]: value/target for a nonzero target (K-1 for the ranks), 1 - value/initial
-for a target of 0 (initial = the value at initialisation, step 0). `steps_to_95` is the
-earliest step from which the EWMA of the closeness stays >= 0.95 to the end; `steps_to_ref`
-the earliest step at which a trial's EWMA is at least as close to the target as the converged
-(final) EWMA of a reference trial. Both work on plain (steps, values) lists.
+for a target of 0 (initial = the value at initialisation, step 0). The EWMA is time-aware: its
+weight per iteration is `alpha`, so a measurement taken `n` iterations after the previous one
+weighs 1 - (1 - alpha)^n, and the smoothed curve does not depend on how often the metric is
+measured (the source paper counts iterations). `steps_to_95` is the earliest step from which
+the EWMA of the closeness stays >= 0.95 to the end; `steps_to_ref` the earliest step at which a
+trial's EWMA is at least as close to the target as the converged (final) EWMA of a reference
+trial. Both work on plain (steps, values) lists.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ NETWORK_CLOCK_METRICS = (
 )
 # UFM trials: the same without erank_intra.
 UFM_CLOCK_METRICS = tuple(m for m in NETWORK_CLOCK_METRICS if m != "erank_intra")
+# MLflow keys of the clock pass's measurements (`clock/<name>`, step = training iteration); the
+# UFM trials have no separate pass, their clock reads `nc/<name>` (step = iteration as well).
+CLOCK_PREFIX = "clock/"
 
 
 def metric_target(name: str, num_classes: int) -> float:
@@ -87,14 +93,33 @@ def closeness(values: Sequence[float] | np.ndarray, target: float, initial: floa
     return np.clip(c, 0.0, 1.0)
 
 
-def ewma(x: Sequence[float] | np.ndarray, alpha: float = 0.1) -> np.ndarray:
-    """Exponentially weighted moving average: y_0 = x_0, y_t = alpha x_t + (1-alpha) y_{t-1}."""
+def ewma(
+    x: Sequence[float] | np.ndarray,
+    alpha: float = 0.1,
+    steps: Sequence[int] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Time-aware exponentially weighted moving average: y_0 = x_0,
+    y_t = y_{t-1} + (1 - (1-alpha)^(s_t - s_{t-1})) (x_t - y_{t-1}).
+
+    `alpha` is the weight of one step: a measurement `n` steps after the previous one stands for
+    the n steps since then (the EWMA of the held value), so the curve at a given step does not
+    depend on how often it was measured. Without `steps`: one step between measurements.
+    """
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
     x = np.asarray(x, dtype=np.float64)
+    if steps is None:
+        gaps = np.ones(len(x))
+    else:
+        if len(steps) != len(x):
+            raise ValueError(f"ewma: {len(steps)} steps for {len(x)} values")
+        gaps = np.diff(np.asarray(steps, dtype=np.float64), prepend=0.0)
+        if np.any(gaps[1:] <= 0):
+            raise ValueError(f"ewma: steps must increase strictly, got {list(steps)}")
+    weights = 1.0 - (1.0 - alpha) ** gaps
     y = np.empty_like(x)
     for t, value in enumerate(x):
-        y[t] = value if t == 0 else alpha * value + (1.0 - alpha) * y[t - 1]
+        y[t] = value if t == 0 else y[t - 1] + weights[t] * (value - y[t - 1])
     return y
 
 
@@ -109,7 +134,8 @@ def _check_series(steps: Sequence[int], values: Sequence[float], what: str) -> N
 def steps_to_95(
     steps: Sequence[int], values: Sequence[float], target: float, alpha: float = 0.1
 ) -> int | None:
-    """Earliest step from which the EWMA of the closeness stays >= 0.95; None if never.
+    """Earliest step from which the time-aware EWMA (alpha per step) of the closeness stays
+    >= 0.95; None if never.
 
     The series must start at initialisation (step 0, before the first optimiser step): its
     first value is the value at init that a target of 0 measures closeness against, and the
@@ -123,7 +149,7 @@ def steps_to_95(
             f"steps_to_95: the series must start at step 0 (the value at initialisation), "
             f"got first step {steps[0]}; run a metrics pass before the first training step"
         )
-    smooth = ewma(closeness(values, target, float(values[0])), alpha)
+    smooth = ewma(closeness(values, target, float(values[0])), alpha, steps)
     below = np.flatnonzero(smooth < THRESHOLD)
     first = 0 if below.size == 0 else int(below[-1]) + 1
     return int(steps[first]) if first < len(steps) else None
@@ -137,7 +163,8 @@ def steps_to_ref(
     target: float,
     alpha: float = 0.1,
 ) -> int | None:
-    """Earliest step at which the trial's EWMA reaches the reference's converged EWMA value.
+    """Earliest step at which the trial's EWMA reaches the reference's converged EWMA value
+    (both time-aware, alpha per step).
 
     "Reaches" means at least as close to the target: |ewma - target| <= |ref_final - target|
     (closeness is monotone in the value, so this is the same test on the closeness scale).
@@ -146,8 +173,8 @@ def steps_to_ref(
     _check_series(ref_steps, ref_values, "steps_to_ref (reference)")
     if len(values) == 0 or len(ref_values) == 0:
         return None
-    reference = float(ewma(ref_values, alpha)[-1])
-    smooth = ewma(values, alpha)
+    reference = float(ewma(ref_values, alpha, ref_steps)[-1])
+    smooth = ewma(values, alpha, steps)
     reached = np.flatnonzero(np.abs(smooth - target) <= abs(reference - target))
     return int(steps[int(reached[0])]) if reached.size else None
 
@@ -157,12 +184,13 @@ def record_history(
     metrics: dict[str, float],
     step: int,
     names: Sequence[str],
+    prefix: str = "nc/",
 ) -> None:
-    """Append the clock's metrics of one report (`nc/<name>` for each of `names`) to their
+    """Append the clock's metrics of one report (`<prefix><name>` for each of `names`) to their
     (step, value) histories, the input of `steps_to_95` and `steps_to_ref`."""
     for name in names:
-        if f"nc/{name}" in metrics:
-            history.setdefault(name, []).append((step, metrics[f"nc/{name}"]))
+        if f"{prefix}{name}" in metrics:
+            history.setdefault(name, []).append((step, metrics[f"{prefix}{name}"]))
 
 
 def clock_summary(

@@ -18,8 +18,9 @@ from ncstudy.report.figures import FigureFile
 from ncstudy.report.html import METRICS_DOC, render_index
 from ncstudy.report.load import StudyData, open_client
 from ncstudy.report.markdown import table_markdown, write_tables
-from ncstudy.report.nc_tables import convergence, nc_final, nc_trials
+from ncstudy.report.nc_tables import nc_final, nc_trials
 from ncstudy.report.search_view import is_search, search_figures, search_tables
+from ncstudy.report.table7 import convergence
 from ncstudy.report.tables import (
     Table,
     accuracy_by_batch,

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from ncstudy.convergence_ref import NC_PREFIX, choose_reference, reached_steps
+from ncstudy.convergence_ref import NC_PREFIX, choose_reference, clock_prefix, reached_steps
+from ncstudy.metrics.convergence import CLOCK_PREFIX
 
 STEPS_TO_REF = "steps_to_ref/"
 
@@ -27,7 +28,7 @@ def fill_steps_to_ref(trials: pd.DataFrame, histories: pd.DataFrame) -> pd.DataF
     todo = done[done["reference"].isna()]
     if todo.empty:
         return out
-    nc = histories[histories["metric"].str.startswith(NC_PREFIX)]
+    nc = histories[histories["metric"].str.startswith((NC_PREFIX, CLOCK_PREFIX))]
     series = {
         (key, metric): (group["step"].astype(int).tolist(), group["value"].tolist())
         for (key, metric), group in nc.sort_values("step").groupby(["key", "metric"])
@@ -40,12 +41,13 @@ def fill_steps_to_ref(trials: pd.DataFrame, histories: pd.DataFrame) -> pd.DataF
         ref = choose_reference(_trial(row), candidates)
         if ref is None or not np.isfinite(row["num_classes"]):
             continue  # no reference yet, or K unknown (no readable study.yaml): no target
-        names = sorted(m[len(NC_PREFIX) :] for k, m in series if k == ref.key)
+        prefix = clock_prefix(m for k, m in series if k == ref.key)
+        names = sorted(m[len(prefix) :] for k, m in series if k == ref.key and m.startswith(prefix))
         for name, _, reached in reached_steps(
             names,
             int(row["num_classes"]),
-            lambda n, key=row["key"]: series.get((key, NC_PREFIX + n), ([], [])),
-            lambda n, key=ref.key: series[key, NC_PREFIX + n],
+            lambda n, key=row["key"], p=prefix: series.get((key, p + n), ([], [])),
+            lambda n, key=ref.key, p=prefix: series[key, p + n],
             float(row["clock_ewma_alpha"]),
         ):
             column = STEPS_TO_REF + name

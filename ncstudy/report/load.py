@@ -313,11 +313,12 @@ def empty_histories() -> pd.DataFrame:
 def history_frame(
     mlf: Any, by_key: dict[str, Any], metrics: Iterable[str] | None = None
 ) -> pd.DataFrame:
-    """Per-step histories of the accuracies, the training loss and every `nc/` metric."""
+    """Per-step histories of the accuracies, the training loss, every `nc/` metric and the
+    clock's `clock/` measurements (step: training iteration)."""
     jobs = []
     for key, run in by_key.items():
         names = metrics or [
-            m for m in run.data.metrics if m.startswith("nc/") or m in HISTORY_METRICS
+            m for m in run.data.metrics if m.startswith(("nc/", "clock/")) or m in HISTORY_METRICS
         ]
         jobs += [(key, run.info.run_id, m) for m in names if m in run.data.metrics]
 

@@ -1,17 +1,12 @@
-"""The NC tables of the report: metrics at the end of training (the source paper's Table 3),
-per trial, and the convergence clock (Table 7)."""
+"""The NC tables of the report: metrics at the end of training (the source paper's Table 3) and
+per trial. The convergence clock's table (Table 7) is in ncstudy.report.table7."""
 
 from __future__ import annotations
-
-import math
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from ncstudy.config import ConvergenceSpec
 from ncstudy.metrics import metric_target
-from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS
 from ncstudy.report.tables import (
     MISSING,
     SELECTION,
@@ -26,7 +21,6 @@ from ncstudy.report.tables import (
     prepared,
 )
 
-DEFAULT_CLOCK_REFERENCE = ConvergenceSpec.model_fields["reference_loss"].default
 TABLE3_METRICS = (
     "erank_intra",
     "erank_inter",
@@ -41,8 +35,6 @@ TABLE3_METRICS = (
     "nc3",
     "nc4",
 )
-TABLE7_METRICS = ("align_weight_inst", "align_weight_mean", "erank_weights", "erank_intra")
-TABLE7_METRICS += ("erank_inter", "nc1")
 
 
 def nc_final(trials: pd.DataFrame) -> Table:
@@ -99,93 +91,3 @@ def nc_trials(trials: pd.DataFrame) -> Table:
         frame,
         formatted(frame, TABLE3_METRICS, num),
     )
-
-
-def convergence(trials: pd.DataFrame) -> Table:
-    """Table 7: (I) epochs to 95 % of the NC target, as % of the training length; (II) epochs
-    to the reference (CE) trial's converged value, as % of the reference's own."""
-    t = prepared(trials)
-    chosen = chosen_trials(t, best_configs(t))
-    by_key = t.set_index("key")
-    data, shown = [], []
-    parts: list[tuple[str, Callable[[pd.Series, str], tuple[float, float]]]] = [
-        ("(I) to 95 % of the NC target", _to_95),
-        ("(II) to the reference's converged value", lambda r, m: _to_ref(r, m, by_key)),
-    ]
-    for setting in ordered(chosen["setting"]):
-        for part, measure in parts:
-            for loss in ordered(chosen.loc[chosen.setting == setting, "loss"]):
-                sel = chosen[(chosen.setting == setting) & (chosen.loss == loss)]
-                row = {"setting": setting, "part": part, "loss": loss}
-                show = dict(row)
-                for m in TABLE7_METRICS:
-                    got = [measure(r, m) for _, r in sel.iterrows()]
-                    show[m] = _convergence_cell(got)
-                    ok = [g for g in got if np.isfinite(g[0])]
-                    row[f"{m} %"] = np.mean([g[0] for g in ok]) if ok else np.nan
-                    row[f"{m} epochs"] = np.mean([g[1] for g in ok]) if ok else np.nan
-                data.append(row)
-                shown.append(show)
-    refs = ", ".join(str(r) for r in ordered(column(t, "clock_reference_loss").dropna()))
-    by_report = (column(t, "steps_to_ref_by") == "report").any()
-    note = (
-        " (II) is computed by the report from the NC histories for the finished trials the "
-        "study did not log it on (it logs it when the whole study completes)."
-        if by_report
-        else ""
-    )
-    return Table(
-        "convergence",
-        "Convergence speed (Table 7)",
-        "(I) the epoch from which the EWMA of the closeness to the NC target stays >= 95 %, as "
-        "% of the trial's epochs; (II) the first epoch at which the trial's EWMA reaches the "
-        "converged (final EWMA) value of its reference trial (the "
-        f"{refs or DEFAULT_CLOCK_REFERENCE} trial with the same seed and grid point, "
-        "evaluation.convergence.reference_loss), as % of the epoch at which the reference "
-        "itself reaches it. Epochs in brackets; mean over finished seeds at each loss's "
-        f"{SELECTION}; [k/n]: reached by k of n seeds. not reached: never within training. "
-        f"{MISSING}: no reference or no data.{note}",
-        drop_single_setting(pd.DataFrame(data)),
-        drop_single_setting(pd.DataFrame(shown)),
-    )
-
-
-NOT_REACHED = (math.inf, math.inf)
-NO_DATA = (math.nan, math.nan)
-
-
-def _to_95(row: pd.Series, metric: str) -> tuple[float, float]:
-    if (
-        metric not in NETWORK_CLOCK_METRICS  # the metrics whose steps_to_95 training logs
-        or f"nc/{metric}" not in row
-        or not np.isfinite(row[f"nc/{metric}"])
-    ):
-        return NO_DATA
-    steps = row.get(f"steps_to_95/{metric}", np.nan)
-    if not np.isfinite(steps):
-        return NOT_REACHED
-    return 100 * steps / row["epochs"], steps
-
-
-def _to_ref(row: pd.Series, metric: str, by_key: pd.DataFrame) -> tuple[float, float]:
-    ref = row.get("reference")
-    if not isinstance(ref, str) or ref not in by_key.index:
-        return NO_DATA
-    ref_steps = by_key.loc[ref].get(f"steps_to_ref/{metric}", np.nan)
-    if not np.isfinite(ref_steps) or ref_steps <= 0:
-        return NO_DATA
-    steps = row.get(f"steps_to_ref/{metric}", np.nan)
-    if not np.isfinite(steps):
-        return NOT_REACHED
-    return 100 * steps / ref_steps, steps
-
-
-def _convergence_cell(got: list[tuple[float, float]]) -> str:
-    known = [g for g in got if not np.isnan(g[0])]
-    ok = [g for g in known if np.isfinite(g[0])]
-    if not known:
-        return MISSING
-    if not ok:
-        return "not reached"
-    text = f"{np.mean([g[0] for g in ok]):.1f} % ({np.mean([g[1] for g in ok]):g})"
-    return text if len(ok) == len(known) else f"{text} [{len(ok)}/{len(known)}]"

@@ -41,11 +41,14 @@ def test_steps_to_95_needs_to_stay_above() -> None:
     values = [1.0, 0.04, 0.5, 0.04, 0.03, 0.01]
     assert steps_to_95(steps, values, target=0.0, alpha=1.0) == 30
     assert steps_to_95(steps, [1.0, 0.9, 0.8, 0.7, 0.6, 0.5], 0.0, alpha=1.0) is None
-    # Rank target 9: 9.0 * 0.95 = 8.55; smoothing with alpha 0.5 delays the crossing by a step.
+    # Rank target 9: 9.0 * 0.95 = 8.55; smoothing with alpha 0.5 per step (measured every step)
+    # delays the crossing by four steps.
     ranks = [1.0, 9.0, 9.0, 9.0, 9.0, 9.0]
     smooth = ewma(np.array(ranks) / 9.0, alpha=0.5)
     first = int(np.argmax(smooth >= 0.95))
-    assert steps_to_95(steps, ranks, target=9.0, alpha=0.5) == steps[first] == 50
+    assert steps_to_95(list(range(6)), ranks, target=9.0, alpha=0.5) == first == 5
+    # Measured every 10 steps, the same alpha per step: the jump weighs 1 - 0.5^10 at once.
+    assert steps_to_95(steps, ranks, target=9.0, alpha=0.5) == 10
     assert steps_to_95([], [], 0.0) is None
 
 

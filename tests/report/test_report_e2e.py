@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from ncstudy.convergence_ref import REFERENCE_TAG, log_steps_to_ref, metric_series
 from ncstudy.metrics import steps_to_ref
 from ncstudy.report.cli import main as report_main
-from ncstudy.report.nc_tables import TABLE7_METRICS
+from ncstudy.report.table7 import TABLE7_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_report_of_a_real_study(tmp_path: Path) -> None:
     assert compared >= 1
     # and steps_to_ref itself, recomputed here from the MLflow histories
     hist = {
-        key: metric_series(mlf, r.info.run_id, "nc/erank_inter")
+        key: metric_series(mlf, r.info.run_id, "clock/erank_inter")
         for key, r in (("ce", ce), ("nf", best))
     }
     expected = steps_to_ref(*hist["nf"], *hist["ce"], target=9.0, alpha=0.1)

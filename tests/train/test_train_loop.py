@@ -5,6 +5,7 @@ follows the lr schedule, logs the NC metrics from step 0 with the convergence cl
 
 from __future__ import annotations
 
+import itertools
 import math
 import socket
 from pathlib import Path
@@ -229,14 +230,16 @@ def _network_from(trial, state):  # noqa: ANN001, ANN202
 
 def _clock(steps: list[int], values: list[float], target: float, alpha: float) -> float | None:
     """steps_to_95 computed here from its definition (spec/metrics.md): closeness against the
-    value at step 0, EWMA, earliest step from which it stays >= 0.95."""
+    value at step 0, EWMA with weight alpha per step (1 - (1 - alpha)^gap per measurement),
+    earliest step from which it stays >= 0.95."""
     assert steps[0] == 0
     v = np.asarray(values, dtype=float)
     c = v / target if target else 1 - v / v[0]
     c = np.clip(c, 0, 1)
     smooth, y = [], c[0]
     for i, x in enumerate(c):
-        y = x if i == 0 else alpha * x + (1 - alpha) * y
+        weight = 1 - (1 - alpha) ** (steps[i] - steps[i - 1]) if i else 1.0
+        y = y + weight * (x - y)
         smooth.append(y)
     for i in range(len(steps)):
         if all(s >= 0.95 for s in smooth[i:]):
@@ -245,7 +248,8 @@ def _clock(steps: list[int], values: list[float], target: float, alpha: float) -
 
 
 def test_nc_metrics_from_step_zero_and_the_clock(logged) -> None:
-    trial = tiny_trial(evaluation={"every": 1, "nc_on_test": True}, epochs=3)
+    clock = {"every_steps": 7, "ewma_alpha": 0.2}
+    trial = tiny_trial(evaluation={"every": 1, "nc_on_test": True, "convergence": clock}, epochs=3)
     train_loop(trial, LocalContext())
     first_step, first = logged.calls[0]
     assert first_step == 0  # the metrics pass before the first training step
@@ -254,31 +258,36 @@ def test_nc_metrics_from_step_zero_and_the_clock(logged) -> None:
     assert "test/nc/nc1" in final and "test/nc/erank_inter" in final
     assert logged.tags["ncstudy.nc4_source"] == "exact"
     assert logged.tags["ncstudy.model_selection"] == "best/val_acc1"
-    for name in CLOCK_METRICS:
-        steps, values = logged.series(f"nc/{name}")
-        assert steps == [0, 1, 2, 3], name
+    assert logged.series("nc/nc1")[0] == [0, 1, 2, 3]  # the metrics pass: every epoch
+    for name in CLOCK_METRICS:  # the clock pass: every 7 iterations, from iteration 0
+        steps, values = logged.series(f"clock/{name}")
+        assert steps == list(range(0, int(final["steps_total"]) + 1, 7)), name
         target = 9.0 if name in ("erank_inter", "erank_weights") else 0.0
-        expected = _clock(steps, values, target, alpha=0.1)
+        expected = _clock(steps, values, target, alpha=0.2)
         assert final.get(f"steps_to_95/{name}") == (None if expected is None else expected), name
 
 
 def test_the_clock_starts_at_initialisation_with_the_configured_alpha(logged, monkeypatch) -> None:
-    """Scripted NC values: nc1 10 at init, then 0.1 (closeness 0.99); with alpha 0.8 the EWMA is
-    0, .792, .9504, .982, ... so steps_to_95 = 2. Measured from the first evaluation instead
-    (init 0.1) nc1 would never count as converged; with the default alpha 0.1, not by step 4."""
-    script = iter([(10.0, 1.0), (0.1, 9.0), (0.1, 9.0), (0.1, 9.0), (0.1, 9.0)])
+    """Scripted clock values: nc1 10 at init, then 0.1 (closeness 0.99); measured every 2
+    iterations with alpha 0.5 per iteration (weight 0.75 per measurement) the EWMA is 0, .7425,
+    .928, .9746, ... so steps_to_95 = 6. Measured from the first evaluation instead (init 0.1)
+    nc1 would never count as converged."""
+    from ncstudy.evaluate import clock
+
+    script = itertools.chain([(10.0, 1.0)], itertools.repeat((0.1, 9.0)))
 
     def scripted(*args, **kwargs):  # noqa: ANN002, ANN003
         nc1, erank = next(script)
-        return {"nc/nc1": nc1, "nc/erank_inter": erank}, {}
+        return {"nc1": nc1, "erank_inter": erank}
 
-    monkeypatch.setattr(train_module, "_nc_evaluation", scripted)
-    trial = tiny_trial(evaluation={"every": 1, "convergence": {"ewma_alpha": 0.8}})
+    monkeypatch.setattr(clock, "clock_metrics", scripted)
+    convergence = {"ewma_alpha": 0.5, "every_steps": 2, "subset_size": 64}
+    trial = tiny_trial(evaluation={"every": 1, "convergence": convergence}, epochs=2)
     train_loop(trial, LocalContext())
     final = logged.merged()
-    assert final["steps_to_95/nc1"] == 2.0
-    assert final["steps_to_95/erank_inter"] == 2.0  # closeness 1/9, then 1: same EWMA path
-    assert logged.series("nc/nc1")[0] == [0, 1, 2, 3, 4]
+    assert final["steps_to_95/nc1"] == 6.0
+    assert final["steps_to_95/erank_inter"] == 6.0  # closeness 1/9, then 1: same EWMA path
+    assert logged.series("clock/nc1")[0][:4] == [0, 2, 4, 6]
 
 
 def test_without_a_validation_split_nothing_is_selected_on_val(logged) -> None:
@@ -360,6 +369,9 @@ def test_two_gloo_workers_report_identical_all_reduced_metrics(tmp_path: Path) -
         assert {k: v for k, v in a.items() if not k.startswith("perf/")} == {
             k: v for k, v in b.items() if not k.startswith("perf/")
         }
+    clock0, clock1 = ([c for c in log if "clock/nc1" in c[1]] for log in (log0, log1))
+    assert clock0 == clock1 and clock0[0][0] == 0  # the clock pass: gathered, the same on both
+    log0, log1 = ([c for c in log if "clock/nc1" not in c[1]] for log in (log0, log1))
     assert [step for step, _ in log0] == [step for step, _ in log1] == [0, 1, 2]
     for (_, a), (_, b) in zip(log0, log1, strict=True):
         nc_a = {k: v for k, v in a.items() if k.startswith(("nc/", "test/nc/"))}
