@@ -27,6 +27,7 @@ from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes
+from ncstudy.finetune import init_encoder
 from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
 from ncstudy.models import build_model
@@ -152,6 +153,8 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     w = build_worker(trial, ctx)
     opt = build_optimisation(w)
     state = ctx.load_state()
+    if state is None and trial.model.init_from is not None:  # fine-tuning (a resume restores)
+        init_encoder(w.core.encoder, trial.model.init_from, run)
     progress = restore(w, opt, state)
     log = RunLogger(run, ctx.is_main)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
