@@ -27,6 +27,7 @@ from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes
+from ncstudy.feature_log import log_features_2d
 from ncstudy.finetune import init_encoder
 from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
@@ -429,6 +430,7 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
     final["status"] = "finished"
     log.log(final, epochs)
     log.model(w.core.state_dict(), model_meta(w))
+    log_features_2d(w.core.encoder, w.core.criterion, w.data.test, w.device, log)  # d = 2 only
     state = None if downstream else snapshot(w, opt, progress, epochs)
     w.ctx.report(tune_view(final, TUNE_KEYS), state=state)
 
