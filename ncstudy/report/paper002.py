@@ -196,7 +196,8 @@ def scatter_figures(data: Any, trials: pd.DataFrame, out_dir: Path) -> list[Figu
 
 def _trial_label(row: pd.Series) -> str:
     extra = [f"{k.split('.')[-1]}={v}" for k, v in row["axes"].items() if k != "model.feature_dim"]
-    return " ".join([str(row["loss"]), *extra])
+    tau = [] if pd.isna(row["temperature"]) else [f"tau={row['temperature']:g}"]
+    return " ".join([str(row["loss"]), *tau, *extra])
 
 
 def _features(tracking_uri: str, run_id: str) -> dict[str, np.ndarray] | None:
@@ -221,6 +222,8 @@ def cmf_figure(trials: pd.DataFrame, histories: pd.DataFrame, out_dir: Path) -> 
             continue
         taus = set(cmf["temperature"])  # compare at the temperatures CMF ran with
         learned = learned[learned["temperature"].isin(taus) | learned["temperature"].isna()]
+        if learned.empty:  # no learned classifier at CMF's temperature: nothing to compare
+            continue
         fig = Figure(figsize=(9, 3.2), layout="constrained")
         finals = []
         for ax, metric in zip(fig.subplots(1, 2), ("train/acc1", "test/acc1"), strict=True):
