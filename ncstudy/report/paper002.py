@@ -135,6 +135,7 @@ def dimension_figure(trials: pd.DataFrame, out_dir: Path) -> list[FigureFile]:
         ax.plot(dims, [np.nan if b is None else b for b in best], "k-", label="optimal (known)")
         ax.plot(dims, _col(mean, "nc/gnc2"), "o-", label="measured rho_ovr (gnc2)")
         ax.set_xlabel("feature dimension d")
+        ax.set_xticks(dims)
         ax.set_ylabel("one-vs-rest distance")
         right = ax.twinx()
         for col, style in (("train/acc1", "s--"), ("test/acc1", "^--")):

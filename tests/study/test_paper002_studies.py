@@ -73,6 +73,7 @@ def test_gnc_cpu_study_report_has_the_papers_figures(tmp_path: Path) -> None:
         "gnc_temperature_normface_d3.png",
         "gnc_dimension_cmf_tau0.2.png",  # Figure 3 (one per loss and temperature)
         "gnc_dimension_normface_tau0.2.png",
+        "gnc_dimension_normface_tau1.0.png",
         "gnc_features_2d.png",  # Figure 4
         "gnc_cmf_curves_d2.png",  # Figure 5 (one per d)
         "gnc_cmf_curves_d3.png",
