@@ -8,7 +8,8 @@
   `features/test_2d.npz` artifact, ncstudy/feature_log.py);
 - Figure 5: train and test accuracy against epochs, learned classifier vs CMF.
 
-Each caption puts what the paper shows at full scale beside what this run measured.
+Figures 2-3 only for a study with a trial in the K > d + 1 regime (the paper's subject). Each
+caption puts what the paper shows at full scale beside what this run measured.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def figures(data: Any, out_dir: Path) -> list[FigureFile]:
     trials = with_dims(data)
     if trials.empty:
         return []
+    # Figures 2-3 are about K > d + 1: drawn for a study with such a trial (not for every grid)
+    many = bool((trials["num_classes"] > trials["d"] + 1).any())
     return [
-        *temperature_figure(trials, out_dir),
-        *dimension_figure(trials, out_dir),
+        *(temperature_figure(trials, out_dir) if many else []),
+        *(dimension_figure(trials, out_dir) if many else []),
         *scatter_figures(data, trials, out_dir),
         *cmf_figure(trials, data.histories, out_dir),
     ]
@@ -50,7 +53,8 @@ def with_dims(data: Any) -> pd.DataFrame:
     default = getattr(getattr(data.spec, "model", None), "feature_dim", None)
     dims = [axes.get("model.feature_dim", default) for axes in t["axes"]]
     t["d"] = pd.to_numeric(pd.Series(dims, index=t.index, dtype=object), errors="coerce")
-    return t[t["d"].notna()]
+    t["num_classes"] = pd.to_numeric(t["num_classes"], errors="coerce")
+    return t[t["d"].notna() & t["num_classes"].notna()]
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
