@@ -29,6 +29,8 @@ from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes
 from ncstudy.evaluate.clock import clock_for_worker
+from ncstudy.feature_log import log_features_2d
+from ncstudy.finetune import init_encoder
 from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import clock_summary
 from ncstudy.models import build_model
@@ -160,6 +162,8 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     w = build_worker(trial, ctx)
     opt = build_optimisation(w)
     state = ctx.load_state()
+    if state is None and trial.model.init_from is not None:  # fine-tuning (a resume restores)
+        init_encoder(w.core.encoder, trial.model.init_from, run)
     progress = restore(w, opt, state)
     log = RunLogger(run, ctx.is_main)
     w.clock = clock_for_worker(w, progress.history, log)
@@ -444,6 +448,7 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
     final["status"] = "finished"
     log.log(final, epochs)
     log.model(w.core.state_dict(), model_meta(w))
+    log_features_2d(w.core.encoder, w.core.criterion, w.data.test, w.device, log)  # d = 2 only
     state = None if downstream else snapshot(w, opt, progress, epochs)
     w.ctx.report(tune_view(final, TUNE_KEYS), state=state)
 

@@ -73,6 +73,9 @@ class DatasetSpec(Strict):
     num_workers: int = Field(
         0, ge=0, le=MAX_LOADER_WORKERS, description="loader worker processes (0: in-process)"
     )
+    classes: list[int | str] | None = Field(
+        None, description="keep only these classes (indices or names), relabelled 0..k-1"
+    )
 
     @model_validator(mode="after")
     def _data_options(self) -> DatasetSpec:
@@ -97,6 +100,11 @@ class DatasetSpec(Strict):
             from ncstudy.data.ffcv_loader import require_ffcv
 
             require_ffcv(import_it=False)  # importing FFCV (numba) costs seconds
+        if self.classes is not None:
+            # the class-subset module imports torch: only for studies that set classes
+            from ncstudy.data.class_subset import check_classes
+
+            check_classes(self)
         return self
 
     @field_validator("name")
@@ -122,6 +130,16 @@ class ModelSpec(Strict):
         description="first-stage channels; default: the model's standard (ResNets 64)",
     )
     sync_bn: bool = Field(False, description="SyncBatchNorm across GPU workers (DDP on CUDA)")
+    bottleneck: Literal["linear_bn", "linear"] = Field(
+        "linear_bn",
+        description="the layer to feature_dim: linear (no bias) + BN, or linear with bias "
+        "(Jiang et al.); ncstudy/models/bottleneck.py",
+    )
+    init_from: str | None = Field(
+        None,
+        description="initialise the encoder (fine-tuning): a state_dict file, or runs:/<run_id> "
+        "(a finished trial's MLflow model/ in this study's tracking store)",
+    )
 
     @field_validator("name")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any
 
 from ncstudy.data import cifar, digits, imagefolder, miniimagenet
 from ncstudy.data.bundle import DataBundle
+from ncstudy.data.class_subset import select_classes
 from ncstudy.data.registry import dataset_facts
 
 BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
@@ -21,4 +22,4 @@ BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
 def build_data(spec: Any, seed: int) -> DataBundle:
     """Build the dataset named by `spec.name` (a DatasetSpec) with splits drawn from `seed`."""
     dataset_facts(spec.name)  # an unknown name: the registry's error, naming the valid ones
-    return BUILDERS[spec.name](spec, seed)
+    return select_classes(BUILDERS[spec.name](spec, seed), spec)

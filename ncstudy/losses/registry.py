@@ -23,6 +23,7 @@ from ncstudy.losses.classifier import (
     RescaledMSELoss,
 )
 from ncstudy.losses.etf import EtfDotRegressionLoss, EtfDrParams, check_etf_dims
+from ncstudy.losses.gnc import CMFLoss, CMFParams, FixedCodeLoss, FixedCodeParams
 from ncstudy.losses.normalized import (
     NonlInstanceLoss,
     NONLLoss,
@@ -57,6 +58,8 @@ _REGISTRY: dict[str, LossEntry] = {
     "etf_dr": LossEntry(EtfDotRegressionLoss, EtfDrParams, "fixed simplex ETF, dot-regression"),
     "prototype": LossEntry(PrototypeLoss, PrototypeParams, "Eq. 6 batch class-mean loss (fp)"),
     "supcon": LossEntry(SupConLoss, SupConParams, "supervised contrastive, V views (fp)"),
+    "fixed_code": LossEntry(FixedCodeLoss, FixedCodeParams, "normalised CE, fixed softmax code W"),
+    "cmf": LossEntry(CMFLoss, CMFParams, "normalised CE, W = running class-mean features"),
 }
 
 
@@ -149,6 +152,9 @@ def check_loss_compat(
         raise ValueError(f"loss {name!r} needs model.feature_dim >= 1, got {feature_dim}")
     if name == "etf_dr" or getattr(parsed, "classifier", "learned") == "etf":
         check_etf_dims(feature_dim, num_classes, name)
+    check_dims = getattr(_entry(name).cls, "check_dims", None)  # e.g. fixed_code's code rows
+    if check_dims is not None:
+        check_dims(parsed, feature_dim, num_classes)
     return parsed
 
 

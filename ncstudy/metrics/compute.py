@@ -43,6 +43,7 @@ WEIGHT_METRICS = (
     "hdr_paper",
     "gnc2",
     "gnc3",
+    "gnc3_centred",
     "max_cos_weights",
     "nc2_zhou",
     "nc3_zhou",
@@ -95,13 +96,19 @@ def _weight_metrics(stats: NCStatistics, weights: Tensor) -> dict[str, float | N
             weights, stats.counts, stats.sum_normalized, stats.within_scatter_normalized
         ),
         "gnc2": generalized.gnc2(weights),
-        "gnc3": generalized.gnc3(w_present, centred),
+        "gnc3": generalized.gnc3(w_present, _normalized_means(stats)[present]),
+        "gnc3_centred": generalized.gnc3_centred(w_present, centred),
         "max_cos_weights": generalized.max_cos_weights(weights),
         "nc2_zhou": zhou.nc2_zhou(weights),  # paper 004's NC2 and NC3 (ncstudy/metrics/zhou.py)
         "nc3_zhou": zhou.nc3_zhou(w_present, centred),
     }
     out.update(information.information_metrics(w_present, mu_hat, global_z))
     return out
+
+
+def _normalized_means(stats: NCStatistics) -> Tensor:
+    """(K, d) per-class means of the L2-normalised features (zero rows for empty classes)."""
+    return stats.sum_normalized / stats.counts.clamp(min=1).unsqueeze(1)
 
 
 def _all_finite(*tensors: Tensor) -> bool:

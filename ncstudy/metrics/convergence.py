@@ -33,6 +33,7 @@ ZERO_TARGET = (
     "nc4",
     "gnc1",
     "gnc3",
+    "gnc3_centred",
     "erank_intra",
     "align_weight_mean",
     "align_weight_inst",

@@ -37,8 +37,18 @@ def gnc1(counts: Tensor, sum_normalized: Tensor, within_scatter_normalized: Tens
     return nc1(counts, sum_normalized, within_scatter_normalized)
 
 
-def gnc3(weights: Tensor, centred_means: Tensor) -> float | None:
-    """(1/K) sum_k (1 - cos(w_k, mu_k - mu_G)) over the classes present."""
+def gnc3(weights: Tensor, normalized_means: Tensor) -> float | None:
+    """Jiang et al.'s GNC3: (1/K) sum_k (1 - w^_k . hbar_k), hbar_k the (uncentred, not
+    renormalised) mean of the class's L2-normalised features, over the classes present."""
+    if weights.shape[0] == 0:
+        return None
+    unit_w = safe_normalize(weights)
+    return float((1.0 - (unit_w * normalized_means).sum(dim=1)).mean())
+
+
+def gnc3_centred(weights: Tensor, centred_means: Tensor) -> float | None:
+    """(1/K) sum_k (1 - cos(w_k, mu_k - mu_G)) over the classes present (raw features,
+    centred by the global mean: ncstudy's earlier `gnc3`)."""
     if weights.shape[0] == 0:
         return None
     return float((1.0 - row_cosines(weights, centred_means)).mean())

@@ -2,8 +2,10 @@
 ImageNet variant (7x7 stride-2 stem + max-pool), ResNet-18/34 (basic blocks) and 50/101/152
 (bottlenecks). The encoder ends at global average pooling; when `model.feature_dim` differs
 from the pooled width (512 x width/64, or 4x that for bottlenecks) a linear bottleneck + BN maps
-to it (for K > d studies). `model.width` is the first stage's channels. Defaults: width 64 (the
-standard ResNets) and feature_dim = the pooled width (no bottleneck): 512 or 2048.
+to it (for K > d studies; `model.bottleneck` names the kind: linear_bn or the paper's linear
+with bias, ncstudy/models/bottleneck.py). `model.width` is the first stage's channels.
+Defaults: width 64 (the standard ResNets) and feature_dim = the pooled width (no bottleneck):
+512 or 2048.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ncstudy.models.bottleneck import make_bottleneck
 from ncstudy.models.registry import register_model
 
 
@@ -79,7 +82,13 @@ class ResNet(nn.Module):
     """A ResNet encoder: stem, four stages, global average pooling, optional bottleneck."""
 
     def __init__(
-        self, depth: int, cifar_stem: bool, in_channels: int, width: int, feature_dim: int
+        self,
+        depth: int,
+        cifar_stem: bool,
+        in_channels: int,
+        width: int,
+        feature_dim: int,
+        bottleneck: str = "linear_bn",
     ):
         super().__init__()
         block, blocks = DEPTHS[depth]
@@ -102,9 +111,7 @@ class ResNet(nn.Module):
         self.feature_dim = feature_dim
         # No ReLU after the bottleneck: normalised losses need features of both signs.
         self.bottleneck: nn.Module = (
-            nn.Identity()
-            if feature_dim == cin
-            else nn.Sequential(nn.Linear(cin, feature_dim, bias=False), nn.BatchNorm1d(feature_dim))
+            nn.Identity() if feature_dim == cin else make_bottleneck(bottleneck, cin, feature_dim)
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -119,7 +126,9 @@ def _register(depth: int, cifar: bool) -> None:
 
     def build(spec: Any, input_shape: tuple[int, ...]) -> nn.Module:
         # width and feature_dim: ModelSpec's validator filled in this model's defaults
-        model: nn.Module = ResNet(depth, cifar, input_shape[0], spec.width, spec.feature_dim)
+        model: nn.Module = ResNet(
+            depth, cifar, input_shape[0], spec.width, spec.feature_dim, spec.bottleneck
+        )
         if spec.sync_bn:  # effective under DDP on CUDA; plain BN on one process
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model

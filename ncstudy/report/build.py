@@ -13,6 +13,7 @@ import pandas as pd
 
 from ncstudy.report import figures as draw_figures
 from ncstudy.report import paper004
+from ncstudy.report import paper002
 from ncstudy.report.downstream_tables import downstream_tables
 from ncstudy.report.figures import FigureFile
 from ncstudy.report.html import METRICS_DOC, render_index
@@ -94,6 +95,7 @@ def all_figures(data: Any, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
         ("NC curves by temperature", lambda: draw_figures.nc_by_axis(trials, histories, out_dir)),
         ("seed spreads", lambda: draw_figures.seed_spreads(trials, out_dir)),
         ("paper 004", lambda: paper004.figures(data, out_dir)),
+        ("generalised NC (Jiang et al.)", lambda: paper002.figures(data, out_dir)),
     ]  # fmt: skip
     drawn, problems = [], []
     for kind, draw in kinds:

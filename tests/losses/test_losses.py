@@ -39,6 +39,12 @@ def build(name: str, seed: int = 0, **params) -> NCLoss:
     if loss.needs_class_means:
         gen = torch.Generator().manual_seed(99)
         loss.set_class_means(torch.randn(K, loss.embed(torch.zeros(1, D)).shape[1], generator=gen))
+    if name == "cmf":  # its rows follow the training batches: set them once, then hold them
+        gen = torch.Generator().manual_seed(98)
+        loss.update(
+            torch.nn.functional.normalize(torch.randn(K, D, generator=gen)), torch.arange(K)
+        )
+        loss.eval()
     return loss
 
 

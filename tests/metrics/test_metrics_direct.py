@@ -98,7 +98,8 @@ def direct_metrics(h: np.ndarray, y: np.ndarray, pred: np.ndarray, w: np.ndarray
         "nc2_etf_dist_weights": np.linalg.norm((g := wc @ wc.T) / np.linalg.norm(g) - etf),
         "nc3": ((w / np.linalg.norm(w) - mt / np.linalg.norm(mt)) ** 2).sum(),
         "nc3_cos": cos_wm.mean(),
-        "gnc3": (1 - cos_wm).mean(),
+        "gnc3": (1 - (w_hat * zmean).sum(1)).mean(),  # Jiang et al.: normalised features
+        "gnc3_centred": (1 - cos_wm).mean(),
         "nc4": float((nearest != pred).mean()),
         "erank_intra": np.mean([_erank_of_cov(z[y == c]) for c in range(k)]),
         "erank_inter": _erank_of_cov(zmean),
