@@ -12,8 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ncstudy.report import figures as draw_figures
-from ncstudy.report import paper004
-from ncstudy.report import paper002
+from ncstudy.report import paper002, paper004
 from ncstudy.report.downstream_tables import downstream_tables
 from ncstudy.report.figures import FigureFile
 from ncstudy.report.html import METRICS_DOC, render_index
