@@ -179,12 +179,19 @@ def split_sizes(data: DataBundle) -> dict[str, int]:
 
 
 def model_meta(w: Worker) -> dict[str, Any]:
-    """What rebuilds the trained network from its state_dict (`trained.load_trial_model`)."""
+    """The logged model's metadata: the resolved trial, the input shape, the class count."""
     return {
         "trial": w.trial.model_dump(mode="json"),
         "input_shape": list(w.data.input_shape),
         "num_classes": w.data.num_classes,
     }
+
+
+def model_example(data: DataBundle, n: int = 2) -> torch.Tensor:
+    """The first `n` test inputs (the validation ones without a test split): the shape of the
+    logged model's signature."""
+    split = data.test if len(data.test) else data.val  # type: ignore[arg-type]
+    return torch.stack([split[i][0] for i in range(min(n, len(split)))])  # type: ignore[arg-type]
 
 
 def build_worker(trial: TrialSpec, ctx: WorkerContext) -> Worker:
@@ -425,7 +432,7 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
     final.update(_summary(final, progress.history, w.data.num_classes, alpha))
     final["status"] = "finished"
     log.log(final, epochs)
-    log.model(w.core.state_dict(), model_meta(w))
+    log.model(w.core, model_meta(w), model_example(w.data))
     state = None if downstream else snapshot(w, opt, progress, epochs)
     w.ctx.report(tune_view(final, TUNE_KEYS), state=state)
 
