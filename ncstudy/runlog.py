@@ -102,6 +102,13 @@ def dataset_inputs(dataset: dict[str, Any], sizes: dict[str, int]) -> list[Any]:
     return out
 
 
+def data_metrics(class_counts: Iterable[int]) -> dict[str, float]:
+    """`data/imbalance_ratio`: the largest over the smallest class count of the training split
+    (1 for balanced data; classes without a training sample are left out of the smallest)."""
+    present = [int(n) for n in class_counts if int(n) > 0]
+    return {"data/imbalance_ratio": max(present) / min(present)} if present else {}
+
+
 def tune_view(metrics: dict[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
     """What Tune sees of a report: the metrics whose names start with one of `prefixes` (its
     result logs stay small: scalars and the status, never the NC block)."""

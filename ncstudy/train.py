@@ -30,7 +30,7 @@ from ncstudy.evaluate import passes
 from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
 from ncstudy.models import build_model
-from ncstudy.runlog import RunLogger, tune_view
+from ncstudy.runlog import RunLogger, data_metrics, tune_view
 from ncstudy.targets import RunTarget
 
 # What Tune sees of a report (runlog.tune_view): scalars and the status, no NC block.
@@ -156,6 +156,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     log = RunLogger(run, ctx.is_main)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
     log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
+    log.log(data_metrics(w.data.class_counts), 0)
     with log.system_metrics(trial.evaluation.system_metrics):
         if state is None and trial.evaluation.nc_metrics:
             start_clock(w, progress, log)
