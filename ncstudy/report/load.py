@@ -288,7 +288,8 @@ def _study_num_classes(spec: Any | None) -> float:
 
 def _run_fields(run: Any | None) -> dict[str, Any]:
     if run is None:
-        return {"run_id": None, "status": NOT_STARTED, "reason": None, "reference": None}
+        empty = {"reason": None, "reference": None, "optuna_trial": None}
+        return {"run_id": None, "status": NOT_STARTED, **empty}
     reference = run.data.tags.get(REFERENCE_TAG)
     return {
         "run_id": run.info.run_id,
