@@ -40,9 +40,9 @@ def log_trial_model(
     example: torch.Tensor,
 ) -> str:
     """Log `net` (a Network: `.encoder`, `.criterion`) as the run's MLflow model: a CPU copy
-    in eval mode, pickled (any encoder, no tracing), with the signature of `example` (a few
-    inputs of the trial's data) and its scores, and `meta` (the resolved trial, input shape,
-    class count) as metadata. Returns the model's URI."""
+    in eval mode, pickled (any encoder, no tracing; reloading needs ncstudy importable), with
+    the signature of `example` (a few inputs of the trial's data) and its scores, and `meta`
+    (the resolved trial, input shape, class count) as metadata. Returns the model's URI."""
     # mlflow's model flavour: only in the process that logs the final model
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -62,7 +62,9 @@ def log_trial_model(
             model_id=logged.model_id,
             signature=signature,
             serialization_format="pickle",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ncstudy"],
+            # torch only: the pickled classes are ncstudy's, importable where ncstudy is
+            # installed (it is no PyPI package: naming it would make pip fetch a stranger's)
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             metadata=meta,
         )
     return model_uri(run_id)
