@@ -156,7 +156,6 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     log = RunLogger(run, ctx.is_main)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
     log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
-    log.log(data_metrics(w.data.class_counts), 0)
     with log.system_metrics(trial.evaluation.system_metrics):
         if state is None and trial.evaluation.nc_metrics:
             start_clock(w, progress, log)
@@ -431,6 +430,7 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
         )
     alpha = trial.evaluation.convergence.ewma_alpha
     final.update(_summary(final, progress.history, w.data.num_classes, alpha))
+    final.update(data_metrics(w.data.class_counts))  # the training split's imbalance
     final["status"] = "finished"
     log.log(final, epochs)
     log.model(w.core, model_meta(w), model_example(w.data))
