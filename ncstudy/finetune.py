@@ -1,19 +1,17 @@
 """`model.init_from`: start a trial's encoder from trained weights (fine-tuning, e.g. Jiang et
-al.'s CMF fine-tuning): a state_dict file, or `runs:/<run_id>`, the `model/` artifact a finished
-trial logged to this study's MLflow store. Only the encoder is taken; the loss's head (a
-classifier, CMF rows) starts fresh."""
+al.'s CMF fine-tuning): a state_dict file, or `runs:/<run_id>`, the MLflow model (`model/`) a
+finished trial logged to this study's MLflow store. Only the encoder is taken; the loss's head
+(a classifier, CMF rows) starts fresh."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ncstudy import tracking
-from ncstudy.runlog import MODEL_DIR, MODEL_FILE
 from ncstudy.targets import RunTarget
+from ncstudy.trained import load_trial_model
 
 RUNS_PREFIX = "runs:/"
 
@@ -47,16 +45,8 @@ def read_state(init_from: str, run: RunTarget | None) -> dict[str, torch.Tensor]
     if run is None:
         raise ValueError(f"model.init_from: {init_from} needs the study's MLflow tracking store")
     run_id = init_from.removeprefix(RUNS_PREFIX).strip("/")
-    # mlflow (~1 s to import): only for runs:/ initialisations
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            mlf = tracking.client(run.tracking_uri)
-            folder = Path(mlf.download_artifacts(run_id, MODEL_DIR, tmp))
-            return torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-        except (OSError, MlflowException) as err:
-            raise ValueError(
-                f"model.init_from: run {run_id} has no readable {MODEL_DIR}/ artifact in "
-                f"{run.tracking_uri} ({err}); only network trials that finished log one"
-            ) from None
+    try:
+        net, _ = load_trial_model(run_id, run.tracking_uri)
+    except ValueError as err:
+        raise ValueError(f"model.init_from: {err}") from None
+    return {k: v.detach().cpu() for k, v in net.encoder.state_dict().items()}

@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from ncstudy import tracking
+from ncstudy.mlflow_model import log_trial_model
 from ncstudy.targets import RunTarget
 
 
@@ -66,20 +65,14 @@ class RunLogger:
                 monitor.publish_metrics(last)
                 monitor.mlflow_logger.flush()
 
-    def model(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        """Log the trained network (`state`: its state_dict) and what rebuilds it (`meta`: the
-        resolved trial, the input shape, the class count) as the artifact folder `model/`."""
-        if self.run is None:
-            return
-        import torch  # torch: loaded already in every process that trains
-
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state, Path(tmp) / MODEL_FILE)
-            (Path(tmp) / MODEL_META).write_text(json.dumps(meta, indent=1))
-            self.client.log_artifacts(self.run.run_id, tmp, MODEL_DIR)
+    def model(self, net: Any, meta: dict[str, Any], example: Any) -> None:
+        """Log the trained network (`net`: encoder + loss head) as the run's MLflow model
+        `model` (mlflow_model.log_trial_model: `meta` as its metadata, the signature of the
+        inputs `example`)."""
+        if self.run is not None:
+            log_trial_model(self.run.tracking_uri, self.run.run_id, net, meta, example)
 
 
-MODEL_DIR, MODEL_FILE, MODEL_META = "model", "state_dict.pt", "trial.json"
 SPLITS = {"train": "training", "val": "validation", "test": "test"}  # MLflow's context names
 
 
@@ -107,6 +100,13 @@ def dataset_inputs(dataset: dict[str, Any], sizes: dict[str, int]) -> list[Any]:
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, SPLITS.get(split, split))]
         out.append(DatasetInput(entity, tags))
     return out
+
+
+def data_metrics(class_counts: Iterable[int]) -> dict[str, float]:
+    """`data/imbalance_ratio`: the largest over the smallest class count of the training split
+    (1 for balanced data; classes without a training sample are left out of the smallest)."""
+    present = [int(n) for n in class_counts if int(n) > 0]
+    return {"data/imbalance_ratio": max(present) / min(present)} if present else {}
 
 
 def tune_view(metrics: dict[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:

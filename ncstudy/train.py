@@ -35,7 +35,7 @@ from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import clock_summary
 from ncstudy.models import build_model
 from ncstudy.recipe import BestVal, clip_gradients, schedule_factor, track_best_val
-from ncstudy.runlog import RunLogger, tune_view
+from ncstudy.runlog import RunLogger, data_metrics, tune_view
 from ncstudy.targets import RunTarget
 
 # What Tune sees of a report (runlog.tune_view): scalars and the status, no NC block.
@@ -192,12 +192,19 @@ def split_sizes(data: DataBundle) -> dict[str, int]:
 
 
 def model_meta(w: Worker) -> dict[str, Any]:
-    """What rebuilds the trained network from its state_dict (`trained.load_trial_model`)."""
+    """The logged model's metadata: the resolved trial, the input shape, the class count."""
     return {
         "trial": w.trial.model_dump(mode="json"),
         "input_shape": list(w.data.input_shape),
         "num_classes": w.data.num_classes,
     }
+
+
+def model_example(data: DataBundle, n: int = 2) -> torch.Tensor:
+    """The first `n` test inputs (the validation ones without a test split): the shape of the
+    logged model's signature."""
+    split = data.test if len(data.test) else data.val  # type: ignore[arg-type]
+    return torch.stack([split[i][0] for i in range(min(n, len(split)))])  # type: ignore[arg-type]
 
 
 def build_worker(trial: TrialSpec, ctx: WorkerContext) -> Worker:
@@ -445,9 +452,10 @@ def finish(w: Worker, opt: Optimisation, progress: Progress, log: RunLogger) -> 
     alpha = trial.evaluation.convergence.ewma_alpha
     final.update(_summary(final, progress.history, w.data.num_classes, alpha))
     final["steps_total"] = float(opt.scheduler.last_epoch)  # Table 7 (I): of max iterations
+    final.update(data_metrics(w.data.class_counts))  # the training split's imbalance
     final["status"] = "finished"
     log.log(final, epochs)
-    log.model(w.core.state_dict(), model_meta(w))
+    log.model(w.core, model_meta(w), model_example(w.data))
     log_features_2d(w.core.encoder, w.core.criterion, w.data.test, w.device, log)  # d = 2 only
     state = None if downstream else snapshot(w, opt, progress, epochs)
     w.ctx.report(tune_view(final, TUNE_KEYS), state=state)

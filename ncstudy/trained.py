@@ -1,53 +1,36 @@
-"""A trained trial reloaded from MLflow alone: the `model/` artifact its run logged at the end
-(the network's state_dict and the resolved trial) rebuilt into the encoder + loss head."""
+"""A trained trial reloaded from MLflow alone: the MLflow model its run logged at the end
+(mlflow_model.log_trial_model: encoder + loss head, the resolved trial as metadata)."""
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-
 import torch
 
-from ncstudy import tracking
 from ncstudy.config import TrialSpec
-from ncstudy.losses import build_loss
-from ncstudy.models import build_model
-from ncstudy.runlog import MODEL_DIR, MODEL_FILE, MODEL_META
-from ncstudy.train import Network
+from ncstudy.mlflow_model import TrialClassifier, model_uri
 
 
-def load_trial_model(run_id: str, tracking_uri: str) -> tuple[Network, TrialSpec]:
+def load_trial_model(run_id: str, tracking_uri: str) -> tuple[TrialClassifier, TrialSpec]:
     """The trial's final network (encoder + loss head, eval mode, on the CPU) and its resolved
-    trial, from the `model/` artifact of its MLflow run."""
-    from mlflow.exceptions import MlflowException  # mlflow: only where it is used
+    trial, from the MLflow model `model` of its run (`mlflow.pytorch.load_model`)."""
+    # mlflow's model flavour: only where a model is reloaded
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    mlf = tracking.client(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
+    uri = model_uri(run_id)
+    with _use_tracking_uri(tracking_uri):
         try:
-            folder = Path(mlf.download_artifacts(run_id, MODEL_DIR, tmp))
-            meta = json.loads((folder / MODEL_META).read_text())
-            state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+            meta = mlflow.models.get_model_info(uri).metadata or {}
+            net = mlflow.pytorch.load_model(uri, map_location="cpu")
         except (OSError, MlflowException) as err:
             raise ValueError(
-                f"MLflow run {run_id} has no readable {MODEL_DIR}/ artifact ({err}); only "
-                "network trials that finished log one"
+                f"MLflow run {run_id} has no readable model/ artifact ({err}); only network "
+                "trials that finished log one"
             ) from None
-    trial = TrialSpec.model_validate(meta["trial"])
-    encoder = build_model(trial.model, tuple(meta["input_shape"]))
-    criterion = build_loss(
-        trial.loss,
-        trial.loss_params,
-        feature_dim=encoder.feature_dim,
-        num_classes=meta["num_classes"],
-        seed=trial.seed,
-    )
-    net = Network(encoder, criterion)
-    net.load_state_dict(state)
-    return net.eval(), trial
+    return net.eval(), TrialSpec.model_validate(meta["trial"])
 
 
 @torch.no_grad()
-def predict(net: Network, x: torch.Tensor) -> torch.Tensor:
+def predict(net: TrialClassifier, x: torch.Tensor) -> torch.Tensor:
     """The class each input is predicted as, by the loss's own prediction rule."""
-    return net.criterion.scores(net.encoder(x).float()).argmax(1)
+    return net(x).argmax(1)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec, config_error_in
+from ncstudy.search_tags import search_tags
 from ncstudy.targets import RunTarget, StudyTarget
 
 
@@ -33,6 +34,8 @@ def run_trial(config: dict[str, Any], target: StudyTarget) -> None:
     mlf = tracking.client(target.tracking_uri)
     run_id = tracking.ensure_child_run(mlf, target.experiment_id, target.parent_run_id, trial)
     mlf.set_tag(run_id, "ncstudy.node_id", _node_id())
+    for key, value in search_tags(trial.key).items():  # a search trial: its Optuna number
+        mlf.set_tag(run_id, key, value)
     run = RunTarget(tracking_uri=target.tracking_uri, run_id=run_id)
     try:
         if uses_train(trial):

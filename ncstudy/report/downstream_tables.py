@@ -14,6 +14,7 @@ import pandas as pd
 
 from ncstudy.config import CORRUPTIONS, TransferSpec
 from ncstudy.evaluate.corruptions import ALEXNET_ERR
+from ncstudy.report.longtail_facts import IMBALANCE, imbalance_caption, ratio_text, thresholds_text
 from ncstudy.report.tables import (
     MISSING,
     SELECTION,
@@ -169,7 +170,8 @@ def longtail_table(trials: pd.DataFrame, reference: str | None = None) -> Table 
         return None  # no long-tailed training set (the worker logs lt/ for any uneven counts)
     reference = reference or reference_loss(trials)
     groups = [g for g, _ in LT_GROUPS]
-    acc = _rows(trials, list(LT_GROUPS))
+    measured = [("imbalance", IMBALANCE)] if IMBALANCE in trials.columns else []
+    acc = _rows(trials, [*LT_GROUPS, *measured])
     acc = acc[acc[groups].notna().any(axis=1)].reset_index(drop=True)
     change = acc.copy()
     for g in groups:
@@ -180,6 +182,7 @@ def longtail_table(trials: pd.DataFrame, reference: str | None = None) -> Table 
         for _, r in here.iterrows():
             rows.append(r.to_dict())
             shown.append({"setting": setting, "loss": r["loss"], **{g: pct(r[g]) for g in groups}})
+            shown[-1].update({label: ratio_text(r[label]) for label, _ in measured})
         if reference not in set(here["loss"]):
             continue
         for _, r in change[(change.setting == setting) & (change.loss != reference)].iterrows():
@@ -188,13 +191,15 @@ def longtail_table(trials: pd.DataFrame, reference: str | None = None) -> Table 
             shown.append(
                 {"setting": setting, "loss": label, **{g: signed_pct(r[g]) for g in groups}}
             )
-    columns = ["setting", "loss", *groups]
+            shown[-1].update({m: "" for m, _ in measured})
+    columns = ["setting", "loss", *(label for label, _ in measured), *groups]
     return Table(
         "longtail",
         "Long-tailed classification (Table 6)",
         "Test accuracy (%) of trials on imbalanced training sets: all test samples, and the "
         "mean per-class accuracy of many-shot, medium-shot and few-shot classes (groups from "
-        f"the training counts, thresholds in evaluation.longtail); at each loss's {SELECTION}. "
+        f"the training counts, {thresholds_text(trials)}); at each loss's {SELECTION}."
+        f"{imbalance_caption(trials)} "
         f"Rows `<loss> vs {reference}`: the relative change against {reference} in the same "
         f"setting (in the CSV as a fraction). {MISSING}: not logged.",
         pd.DataFrame(rows, columns=columns),

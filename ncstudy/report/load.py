@@ -29,6 +29,7 @@ from ncstudy.convergence_ref import (
 )
 from ncstudy.data.registry import dataset_num_classes
 from ncstudy.report.clock import fill_steps_to_ref
+from ncstudy.search_tags import optuna_trial
 
 NOT_STARTED = "NOT STARTED"
 HISTORY_METRICS = ("val/acc1", "test/acc1", "train/acc1", "train/loss", "train/objective")
@@ -53,6 +54,9 @@ BASE_COLUMNS = [
     "clock_ewma_alpha",  # evaluation.convergence.ewma_alpha of the trial
     "transfer_reference_loss",  # evaluation.transfer.reference_loss (None without transfer)
     "imbalance_ratio",  # dataset.imbalance_ratio (NaN: the study asked for no long tail)
+    "lt_many_threshold",  # evaluation.longtail.many_threshold (lt/* groups; NaN: not known)
+    "lt_few_threshold",  # evaluation.longtail.few_threshold
+    "optuna_trial",  # a search trial's Optuna number (its run's tag; None: not a search trial)
 ]
 # ncstudy's defaults of those settings, for runs logged before they existed (they used these)
 DEFAULTS = {
@@ -224,6 +228,8 @@ def _settings(t: Any) -> dict[str, Any]:
         "clock_reference_loss": ev.convergence.reference_loss,
         "clock_ewma_alpha": float(ev.convergence.ewma_alpha),
         "transfer_reference_loss": ev.transfer.reference_loss if ev.transfer else None,
+        "lt_many_threshold": float(ev.longtail.many_threshold),
+        "lt_few_threshold": float(ev.longtail.few_threshold),
     }
 
 
@@ -250,9 +256,13 @@ def _row_from_run(key: str, run: Any, spec: Any | None) -> dict[str, Any]:
     logged = {
         "clock_reference_loss": params.get("evaluation.convergence.reference_loss"),
         "clock_ewma_alpha": params.get("evaluation.convergence.ewma_alpha"),
+        "lt_many_threshold": params.get("evaluation.longtail.many_threshold"),
+        "lt_few_threshold": params.get("evaluation.longtail.few_threshold"),
     }
     row.update({k: v for k, v in logged.items() if v is not None})
     row["clock_ewma_alpha"] = float(row["clock_ewma_alpha"])
+    for name in ("lt_many_threshold", "lt_few_threshold"):
+        row[name] = _number(row.get(name))
     transfer = params.get("evaluation.transfer.reference_loss")
     if transfer is not None:
         row["transfer_reference_loss"] = transfer
@@ -278,7 +288,8 @@ def _study_num_classes(spec: Any | None) -> float:
 
 def _run_fields(run: Any | None) -> dict[str, Any]:
     if run is None:
-        return {"run_id": None, "status": NOT_STARTED, "reason": None, "reference": None}
+        empty = {"reason": None, "reference": None, "optuna_trial": None}
+        return {"run_id": None, "status": NOT_STARTED, **empty}
     reference = run.data.tags.get(REFERENCE_TAG)
     return {
         "run_id": run.info.run_id,
@@ -286,6 +297,7 @@ def _run_fields(run: Any | None) -> dict[str, Any]:
         "reason": run.data.tags.get(tracking.REASON_TAG),
         "reference": reference,
         "steps_to_ref_by": "study" if reference is not None else None,
+        "optuna_trial": optuna_trial(run.data.tags),
         **run.data.metrics,
     }
 

@@ -40,6 +40,14 @@ def trial_number(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def run_number(row: pd.Series) -> int | None:
+    """A search trial's Optuna number: its run's `optuna.trial_number` tag, else its key's."""
+    tagged = row.get("optuna_trial")
+    if tagged is not None and not pd.isna(tagged):
+        return int(tagged)
+    return trial_number(row["key"])
+
+
 def state_of(status: str, reason: object) -> str:
     """The Optuna state of a trial from its MLflow run: a KILLED run whose reason says it was
     pruned (tracking.finish_pruned) is PRUNED."""
@@ -70,7 +78,7 @@ def search_frame(trials: pd.DataFrame, spec: Any) -> pd.DataFrame:
         row = {
             "key": r["key"],
             "loss": r["loss"],
-            "number": trial_number(r["key"]),
+            "number": run_number(r),
             "state": state_of(r["status"], r["reason"]),
             **{p: param_value(r, p) for p in space},
             "objective": r.get(spec.search.metric, np.nan),

@@ -24,7 +24,7 @@ def test_dockerfile_pins_base_and_versions() -> None:
     match = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-slim-\w+", base)
     assert match, f"base image {base} must be pinned to a full Python version"
     assert (int(match.group(1)), int(match.group(2))) == _python_minor()
-    assert 'pip install ".[ffcv,cluster]"' in text
+    assert 'pip install ".[ffcv,cluster,gpu]"' in text
     pins = _pins()
     assert f"ray.__version__ == '{pins['ray']}'" in text
     assert f"== '{pins['torch']}'" in text and f"== '{pins['mlflow']}'" in text

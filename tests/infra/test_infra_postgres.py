@@ -103,7 +103,7 @@ def test_image_carries_postgres_server_and_driver() -> None:
     text = (INFRA / "docker" / "Dockerfile").read_text()
     apt = re.search(r"apt-get install[^&]+", text).group(0)
     assert "postgresql" in apt.split()
-    assert 'pip install ".[ffcv,cluster]"' in text and "import psycopg" in text
+    assert 'pip install ".[ffcv,cluster,gpu]"' in text and "import psycopg" in text
     pyproject = (INFRA.parent / "pyproject.toml").read_text()
     assert re.search(r'cluster = \["psycopg\[binary\]==[\d.]+"\]', pyproject)
 

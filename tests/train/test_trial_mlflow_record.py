@@ -1,7 +1,7 @@
 """What a trained trial leaves in its MLflow run, checked through MlflowClient on a real SQLite
 store (the worker loop in this process, no Ray): its datasets as inputs with their split sizes,
 MLflow's system metrics (off with `evaluation.system_metrics: false`), and the final network
-as the `model/` artifact that `load_trial_model` rebuilds with the same predictions."""
+as the MLflow model `model` that `load_trial_model` reloads with the same predictions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import json
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from torch.utils.data import DataLoader
 
 from ncstudy import tracking
@@ -18,6 +20,7 @@ from ncstudy.config import expand, parse_study
 from ncstudy.context import CHECKPOINT_FILE, LocalContext, load_state_file
 from ncstudy.data import build_data
 from ncstudy.losses import build_loss
+from ncstudy.mlflow_model import model_uri
 from ncstudy.models import build_model
 from ncstudy.runlog import RunLogger
 from ncstudy.targets import RunTarget
@@ -89,10 +92,10 @@ def test_system_metrics_are_logged_while_the_trial_trains(normface_run: tuple) -
 
 def test_reloaded_model_predicts_like_the_final_checkpoint(normface_run: tuple) -> None:
     mlf, run_id, trial, ckpt = normface_run
-    assert {a.path for a in mlf.list_artifacts(run_id, "model")} == {
-        "model/state_dict.pt",
-        "model/trial.json",
-    }
+    with _use_tracking_uri(mlf.tracking_uri):  # the MLflow model `model` of the run
+        info = mlflow.models.get_model_info(model_uri(run_id))
+    assert info.flavors.keys() >= {"pytorch", "python_function"}
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 8)
     net, reloaded = load_trial_model(run_id, mlf.tracking_uri)
     assert reloaded == trial
     # independently: the network rebuilt from the loop's own last checkpoint
