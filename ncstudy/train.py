@@ -26,7 +26,7 @@ from ncstudy.context import RayTrainContext, WorkerContext
 from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
-from ncstudy.evaluate import passes
+from ncstudy.evaluate import passes, reaug_probe
 from ncstudy.losses import build_loss
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
 from ncstudy.models import build_model
@@ -383,6 +383,7 @@ def end_of_epoch(
             w.core, trial, w.data.num_classes, w.loaders, w.device, epoch, w.has_val
         )
         metrics.update(found)
+        metrics.update(reaug_probe.standard_probe_metrics(w, epoch))  # Table 14's standard LP
         log.tag(nc_tags)
         record_history(progress.history, metrics, epoch, NETWORK_CLOCK_METRICS)
     elif w.has_val and not w.core.criterion.needs_class_means:
