@@ -17,15 +17,15 @@ from ncstudy.report.load import StudyData
 from ncstudy.report.markdown import table_markdown, write_tables
 from ncstudy.report.tables import (
     MISSING,
+    NO_VAL_CELL,
     Table,
     best_configs,
+    config_means,
     guarded,
     ordered,
     pct,
     prepared,
-    selection_problem,
     trials_table,
-    unavailable,
 )
 
 # dataset name -> (the paper's column label, the batch sizes Table 1 reports, in its order)
@@ -77,8 +77,9 @@ def _cell(trials: pd.DataFrame, col: Column, loss: str) -> tuple[dict, str]:
     if col.batches is not None:
         here = here[here.batch_size.isin(col.batches)]
     best = best_configs(here)
-    if here.empty or best.empty:
-        return {"test": np.nan, "tau": None, "batch": None}, MISSING
+    if here.empty or best.empty:  # nothing finished, or several configurations and no val
+        none = {"test": np.nan, "tau": None, "batch": None}
+        return none, NO_VAL_CELL if not config_means(here).empty else MISSING
     r = best.iloc[0]
     tau = "" if r["tau"] == "none" else f"τ={r['tau']}, "
     return {"test": 100 * r["test"], "tau": r["tau"], "batch": r["batch_size"]}, (
@@ -112,7 +113,8 @@ def across_datasets(trials: pd.DataFrame) -> Table:
         "of three) and the temperature (and batch size, where several are allowed) with the "
         "highest mean best validation accuracy, never chosen by test accuracy; in brackets. "
         f"Batch sizes used: {batches} (any: not one of the paper's datasets, every batch size "
-        f"of its study). {MISSING}: no finished trial of that loss at those batch sizes.",
+        f"of its study). {MISSING}: no finished trial of that loss at those batch sizes; "
+        f"{NO_VAL_CELL}: several configurations and no validation accuracy to choose one.",
         pd.DataFrame(data),
         pd.DataFrame(shown, columns=["loss", *(c.label for c in cols)]),
     )
@@ -131,10 +133,7 @@ def combined_trials(studies: list[StudyData]) -> pd.DataFrame:
 
 def across_tables(trials: pd.DataFrame) -> list[Table]:
     """The tables of a multi-study report: Table 1 across datasets and every trial."""
-    problem = selection_problem(trials)
     table = guarded("best_across_datasets", TITLE, lambda: across_datasets(trials))
-    if problem is not None:
-        table = [unavailable("best_across_datasets", TITLE, problem)]
     return table + guarded("trials", "Trials", lambda: trials_table(trials))
 
 

@@ -68,3 +68,23 @@ def test_unfinished_trials_do_not_count_and_every_trial_is_listed() -> None:
     data = tables["best_across_datasets"].data.set_index("loss")
     assert data.loc["ntce", "ImageNet-1K batch size"] == 8192  # next best validation
     assert len(tables["trials"].data) == len(trials)
+
+
+def test_no_validation_to_choose_says_so_in_its_cell_only() -> None:
+    nan = float("nan")
+    trials = pd.concat(
+        [
+            frame(),
+            pd.DataFrame(
+                [  # a second CIFAR-10 study: two temperatures at 512 and no validation split
+                    trial("cifar10b", "cifar10", "ntce", 0.1, 512, nan, 0.94),
+                    trial("cifar10b", "cifar10", "ntce", 0.2, 512, nan, 0.95),
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    shown = across_datasets(trials).display.set_index("loss")
+    assert shown.loc["ntce", "CIFAR-10 (cifar10b)"] == "no val"
+    assert shown.loc["ce", "CIFAR-10 (cifar)"] == "95.00 (b=512)"  # the other study's column
+    assert shown.loc["ntce", "CIFAR-100"] == "72.90 (τ=0.2, b=512)"
