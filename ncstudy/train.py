@@ -27,7 +27,7 @@ from ncstudy.context import RayTrainContext, WorkerContext
 from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
 from ncstudy.evaluate import downstream as ds
-from ncstudy.evaluate import passes
+from ncstudy.evaluate import passes, reaug_probe
 from ncstudy.evaluate.clock import clock_for_worker
 from ncstudy.feature_log import log_features_2d
 from ncstudy.finetune import init_encoder
@@ -409,6 +409,7 @@ def end_of_epoch(
             w.core, trial, w.data.num_classes, w.loaders, w.device, epoch, w.has_val
         )
         metrics.update(found)
+        metrics.update(reaug_probe.standard_probe_metrics(w, epoch))  # Table 14's standard LP
         log.tag(nc_tags)
     elif w.has_val and not w.core.criterion.needs_class_means:
         # validation accuracy every epoch (cheap: forward only on the small split) so that

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,6 +26,11 @@ class ProbeSpec(Strict):
         default_factory=list, description="epochs after which the lr is multiplied by lr_decay"
     )
     lr_decay: float = Field(0.2, gt=0, le=1, description="step-decay factor at each milestone")
+    augment: Literal["cached", "both"] = Field(
+        "cached",
+        description="cached: lp / nlp on cached un-augmented features; both: also the standard "
+        "lp re-augmented every epoch through the frozen encoder (lp_aug; the paper's Table 14)",
+    )
 
     @field_validator("milestones")
     @classmethod

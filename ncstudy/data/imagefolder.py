@@ -19,6 +19,7 @@ import numpy as np
 
 from ncstudy.data import transforms as tf
 from ncstudy.data.bundle import DataBundle
+from ncstudy.data.imagenet100 import check_imagenet100_tree
 from ncstudy.data.images import ImageSource, make_bundle
 from ncstudy.data.registry import dataset_facts
 
@@ -181,6 +182,8 @@ def _imagenet_builder(name: str) -> Callable[[Any, int], DataBundle]:
         if spec.root is None:
             raise ValueError(f"dataset.root: {name} needs root (train/<wnid>/*, val/<wnid>/*)")
         root = Path(spec.root).expanduser()
+        if name == "imagenet100":  # the standard subset, not any 100 classes
+            check_imagenet100_tree(root / "train")
         return folder_bundle(spec, root, _stats(name), 224, name, classes)
 
     build.__doc__ = f"{name}: an ImageFolder tree with {classes} classes."

@@ -38,6 +38,8 @@ def per_class_correct(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(correct, count) per class of the loss's prediction rule, summed over all ranks."""
     encoder.eval()
+    if isinstance(criterion, nn.Module):  # a loss head with BN (etf_dr): running stats
+        criterion.eval()
     stats = torch.zeros(2, num_classes, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -56,6 +56,8 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def accuracy(encoder: nn.Module, criterion: Any, loader: DataLoader, device: torch.device) -> float:
     """Top-1 accuracy of the loss's prediction rule over all ranks' shards."""
     encoder.eval()
+    if isinstance(criterion, nn.Module):  # a loss head with BN (etf_dr): running stats
+        criterion.eval()
     correct, count = 0.0, 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -102,6 +104,8 @@ def nc_pass(
     A rank with an empty shard contributes zeros (every rank joins every collective).
     """
     encoder.eval()
+    if isinstance(criterion, nn.Module):  # a loss head with BN (etf_dr): running stats
+        criterion.eval()
     # Predictions that depend on this pass's prototypes cannot be scored during it.
     predict_now = not (set_prototypes and criterion.needs_class_means)
     acc: NCAccumulator | None = None

@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ncstudy.losses.base import LossOutput, LossParams, NCLoss, seeded_generator, unit_rows
 
@@ -44,7 +44,11 @@ class EtfDrParams(LossParams):
 
 
 class EtfDotRegressionLoss(NCLoss):
-    """etf_dr: fixed simplex-ETF classifier with dot-regression 1/2 (m_y.h - |h|)^2 / sg(|h|)."""
+    """etf_dr: fixed simplex-ETF classifier with dot-regression 1/2 (m_y.h - |h|)^2 / sg(|h|),
+    on batch-normalised features h = BN(encoder output), as Yang et al. (2022) apply it: their
+    ETF classifier puts a BatchNorm1d before the dot regression, so the features it regresses
+    are signed (a post-ReLU pool is not, and no unit vector m_y with negative entries can align
+    with it). The NC metrics and the predictions read the same BN features (`embed`)."""
 
     name = "etf_dr"
 
@@ -52,8 +56,23 @@ class EtfDotRegressionLoss(NCLoss):
         super().__init__()
         self.params = params
         self.register_buffer("etf", simplex_etf(feature_dim, num_classes, seed))
+        self.feature_bn = nn.BatchNorm1d(feature_dim)
+
+    def embed(self, h: Tensor) -> Tensor:
+        """The batch-normalised features: batch statistics in training, running ones in eval.
+        Only the loss updates the running statistics (once per step, not per scores call)."""
+        return self._batch_norm(h, update=False)
+
+    def _batch_norm(self, h: Tensor, update: bool) -> Tensor:
+        bn = self.feature_bn
+        track = update or not self.training  # eval reads the running statistics
+        mean, var = (bn.running_mean, bn.running_var) if track else (None, None)
+        x = h.to(bn.weight.dtype)
+        out = F.batch_norm(x, mean, var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
+        return out.to(h.dtype)
 
     def _loss(self, h: Tensor, y: Tensor) -> LossOutput:
+        h = self._batch_norm(h, update=True)
         norm = h.norm(dim=1)
         dot = (self.etf[y] * h).sum(dim=1)
         # sg(|h|), clamped so that h = 0 gives 0/eps = 0 rather than 0/0
@@ -61,7 +80,7 @@ class EtfDotRegressionLoss(NCLoss):
         return LossOutput(per_sample.mean(), 0)
 
     def _scores(self, h: Tensor) -> Tensor:
-        return unit_rows(h) @ self.etf.T
+        return unit_rows(self.embed(h)) @ self.etf.T
 
     def classifier_weights(self) -> Tensor:
         return self.etf.detach().clone()

@@ -19,6 +19,7 @@ from ncstudy.report.html import METRICS_DOC, render_index
 from ncstudy.report.load import StudyData, open_client
 from ncstudy.report.markdown import table_markdown, write_tables
 from ncstudy.report.nc_tables import nc_final, nc_trials
+from ncstudy.report.probe_table import probe_protocols
 from ncstudy.report.search_view import is_search, search_figures, search_tables
 from ncstudy.report.table7 import convergence
 from ncstudy.report.tables import (
@@ -66,6 +67,8 @@ def all_tables(trials: pd.DataFrame) -> list[Table]:
         ("seeds", "Mean ± std over seeds (Table 13)", lambda: seed_spread(trials), chosen),
         ("scl_classifiers", "SCL: fixed prototypes vs linear probes (Table 2)",
          lambda: scl_classifiers(trials), chosen),
+        ("probe_protocols", "Standard vs cached linear probing (Table 14)",
+         lambda: probe_protocols(trials), chosen),
         ("nc_final", "Neural collapse at the end of training (Table 3)",
          lambda: nc_final(trials), chosen),
         ("convergence", "Convergence speed (Table 7)", lambda: convergence(trials), chosen),

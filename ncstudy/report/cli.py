@@ -1,7 +1,9 @@
 """`python -m ncstudy.report <study name | study folder | study YAML>`: read a study back from
 MLflow and write its report (tables, figures, index.html) to a folder and to the parent run.
+`python -m ncstudy.report STUDY1 STUDY2 ... --out DIR`: one report over several studies (the
+source paper's Table 1 across datasets), written to DIR only.
 
-Exit codes: 0 report written; 2 the study could not be found or read.
+Exit codes: 0 report written; 2 a study could not be found or read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 from ncstudy import tracking
 from ncstudy.config import SpecError, load_study
 from ncstudy.report import build, load  # as modules: looked up when main runs (tests patch)
+from ncstudy.report.across import write_across_report
 from ncstudy.report.load import ReportError
 
 DEFAULT_OUTPUT = "./ncstudy-runs"
@@ -67,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tables and figures of a study, read back from MLflow, written to a folder "
         "and logged to the study's parent run.",
     )
-    parser.add_argument("study", help="study name, study folder <output>/<name>, or study YAML")
+    parser.add_argument(
+        "study",
+        nargs="+",
+        help="study name, study folder <output>/<name>, or study YAML; several: one report "
+        "across them (needs --out)",
+    )
     parser.add_argument("--output", help=f"output folder of the study (default {DEFAULT_OUTPUT})")
     parser.add_argument("--out", help="report folder (default <output>/<name>/report)")
     parser.add_argument(
@@ -79,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if len(args.study) > 1:
+        return across_main(args.study, args.output, args.out)
     try:
-        target = resolve_target(args.study, args.output)
+        target = resolve_target(args.study[0], args.output)
         data = load.load_study_data(
             target.name, target.tracking_uri, study_yaml=target.study_dir / "study.yaml"
         )
@@ -100,4 +110,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"report: {report.index}  ({len(report.tables)} tables, {len(report.figures)} figures)")
     if report.logged_to:
         print(f"logged to MLflow run {report.logged_to} under report/")
+    return 0
+
+
+def across_main(studies: list[str], output: str | None, out: str | None) -> int:
+    """The report over several studies (Table 1 across datasets), written to `out`."""
+    if not out:
+        print(
+            "error: several studies need --out DIR (the combined report's folder)", file=sys.stderr
+        )
+        return 2
+    loaded = []
+    try:
+        for study in studies:
+            target = resolve_target(study, output)
+            yaml_path = target.study_dir / "study.yaml"
+            loaded.append(load.load_study_data(target.name, target.tracking_uri, yaml_path, False))
+    except ReportError as err:
+        print(f"error: {study}: {err}", file=sys.stderr)
+        return 2
+    index, tables = write_across_report(loaded, Path(out).expanduser().resolve())
+    for table in tables:
+        if table.unavailable is not None:
+            print(
+                f"note: {table.title}: not available because {table.unavailable}", file=sys.stderr
+            )
+    print(f"studies {', '.join(d.name for d in loaded)}: {len(tables)} tables")
+    print(f"report: {index}  (not logged to MLflow: no single study owns it)")
     return 0

@@ -15,6 +15,7 @@ import pandas as pd
 from ncstudy.config import CORRUPTIONS, TransferSpec
 from ncstudy.evaluate.corruptions import ALEXNET_ERR
 from ncstudy.report.longtail_facts import IMBALANCE, imbalance_caption, ratio_text, thresholds_text
+from ncstudy.report.longtail_grid import longtail_grid
 from ncstudy.report.tables import (
     MISSING,
     SELECTION,
@@ -210,9 +211,11 @@ def longtail_table(trials: pd.DataFrame, reference: str | None = None) -> Table 
 def downstream_tables(trials: pd.DataFrame) -> list[Table]:
     """The downstream tables some trial of the study logged, in the paper's order."""
     reference = reference_loss(trials)
+    lt = trials[longtailed(trials)]
     tables = (
         transfer_table(trials, reference),
         corruption_table(trials),
+        longtail_grid(lt, reference) if _logged(lt, r"lt/acc1") else None,  # the paper's layout
         longtail_table(trials, reference),
     )
     return [t for t in tables if t is not None]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ncstudy.metrics import metric_target
+from ncstudy.metrics.compute import WEIGHT_METRICS
 from ncstudy.report.tables import (
     MISSING,
     SELECTION,
@@ -27,19 +28,24 @@ TABLE3_METRICS = (
     "erank_weights",
     "align_weight_mean",
     "align_weight_inst",
-    "mir",
-    "hdr",
+    "mir_paper",
+    "hdr_paper",
     "nc1",
     "nc2_etf_dist_means",
     "nc2_etf_dist_weights",
     "nc3",
     "nc4",
+    "mir",
+    "hdr",
 )
+# The metrics an SCL trial logs for its linear probe as the classifier (`nc/lp/<metric>`): the
+# weight-dependent ones and nc4 (ncstudy.evaluate.passes.probe_nc_metrics).
+PROBE_METRICS = frozenset(WEIGHT_METRICS) | {"nc4"}
 
 
 def nc_final(trials: pd.DataFrame) -> Table:
     """Table 3: NC metrics at the end of training per loss (best configuration, mean over
-    seeds), after a `perfect NC` row per setting."""
+    seeds), after a `perfect NC` row per setting; an SCL loss also gets its `+ LP` row."""
     t = prepared(trials)
     chosen = chosen_trials(t, best_configs(t))
     data = []
@@ -53,6 +59,8 @@ def nc_final(trials: pd.DataFrame) -> Table:
                 {"setting": setting, "loss": loss}
                 | {m: column(sel, f"nc/{m}").mean() for m in TABLE3_METRICS}
             )
+            if column(sel, "nc/lp/nc3").notna().any():  # an SCL trial with its probe metrics
+                data.append({"setting": setting, "loss": f"{loss} + LP"} | _probe_row(sel))
     frame = pd.DataFrame(data, columns=["setting", "loss", *TABLE3_METRICS])
     return Table(
         "nc_final",
@@ -60,11 +68,26 @@ def nc_final(trials: pd.DataFrame) -> Table:
         f"NC metrics on the training set after the last epoch, at each loss's {SELECTION}, "
         "mean over finished seeds. The paper's columns: Intra/Inter/Weights effective rank = "
         "erank_intra/erank_inter/erank_weights, alignment Weight = align_weight_mean, Instance "
-        "= align_weight_inst, MIR, HDR; definitions in metrics.md (docs/metrics.md). "
-        f"{MISSING}: no finished trial (or no target, in the perfect-NC row).",
+        "= align_weight_inst, MIR/HDR = mir_paper/hdr_paper (the paper's variants, as its "
+        "Table 3 reports them; mir/hdr, centred by the mean of the class means, in the last "
+        "columns); definitions in metrics.md (docs/metrics.md). An SCL loss's own row has its "
+        "fixed class-mean prototypes as the classifier (the paper's SCL w/o probing); its "
+        "`+ LP` row has the linear probe trained on the frozen encoder (SCL w probing): the "
+        "classifier-dependent metrics and nc4 of the probe; the probe acts on the encoder "
+        f"output, whose feature-only metrics are not logged ({MISSING}). {MISSING}: no "
+        "finished trial (or no target, in the perfect-NC row).",
         drop_single_setting(frame),
         drop_single_setting(formatted(frame, TABLE3_METRICS, num)),
     )
+
+
+def _probe_row(sel: pd.DataFrame) -> dict[str, float]:
+    """The Table 3 metrics of the linear probe as the classifier (`nc/lp/<metric>`), seed mean;
+    NaN for the feature-only metrics (not logged for the encoder output the probe reads)."""
+    return {
+        m: column(sel, f"nc/lp/{m}").mean() if m in PROBE_METRICS else np.nan
+        for m in TABLE3_METRICS
+    }
 
 
 def _targets(num_classes: int) -> dict[str, float]:

@@ -116,5 +116,5 @@ def test_longtail_and_seed_studies_use_the_table_9_and_10_winners() -> None:
     temps = {t.loss: t.temperature for t in expand(load_study(STUDIES / "seeds_cifar10.yaml"))}
     assert temps == {"ce": None, "normface": 0.6, "ntce": 0.6, "nonl": 0.2}
     lt = expand(load_study(STUDIES / "longtail_cifar.yaml"))
-    assert {t.dataset.imbalance_ratio for t in lt} == {0.005, 0.01, 0.02}
+    assert {t.dataset.imbalance_ratio for t in lt} == {0.1, 0.02, 0.01}  # factors 10, 50, 100
     assert {t.dataset.name for t in lt} == {"cifar10_lt", "cifar100_lt"}

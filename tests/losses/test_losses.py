@@ -81,7 +81,7 @@ def test_forward_backward_finite_shapes_dtype(name: str) -> None:
     scores = loss.scores(h[:B].detach())
     assert scores.shape == (B, K) and scores.dtype == torch.float32
     weights = loss.classifier_weights()
-    assert weights is not None and weights.shape == (K, loss.embed(h[:1]).shape[1])
+    assert weights is not None and weights.shape == (K, loss.embed(h[:2]).shape[1])
     assert not weights.requires_grad
 
 

@@ -111,11 +111,15 @@ def ref_nonl(loss, h, y):
 
 
 def ref_etf_dr(loss, h, y):
-    m, out = loss.etf, []
-    for i in range(len(y)):
-        norm = torch.sqrt((h[i] * h[i]).sum())
-        out.append(0.5 * (dot(m[y[i]], h[i]) - norm) ** 2 / norm.detach())
-    return sum(out) / len(y)
+    # dot-regression on batch-normalised features (batch statistics, biased variance)
+    m, bn, n, out = loss.etf, loss.feature_bn, len(y), []
+    mean = sum(h[i] for i in range(n)) / n
+    var = sum((h[i] - mean) ** 2 for i in range(n)) / n
+    g = [(h[i] - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias for i in range(n)]
+    for i in range(n):
+        norm = torch.sqrt((g[i] * g[i]).sum())
+        out.append(0.5 * (dot(m[y[i]], g[i]) - norm) ** 2 / norm.detach())
+    return sum(out) / n
 
 
 def ref_prototype(loss, h, y):

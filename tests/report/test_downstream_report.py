@@ -119,7 +119,7 @@ def test_tables_only_when_logged_in_the_papers_order(trials: pd.DataFrame) -> No
     plain = trials[[c for c in trials.columns if "/" not in c or c.startswith(("best", "final"))]]
     assert downstream_tables(plain) == []
     names = [t.name for t in all_tables(trials)]
-    assert names[-3:] == ["transfer", "corruptions", "longtail"]  # Tables 4, 5, 6
+    assert names[-4:] == ["transfer", "corruptions", "longtail_grid", "longtail"]  # Tables 4-6
     no_ce = transfer_table(trials[trials.loss != "ce"])
     assert no_ce is not None and no_ce.display["vs ce"].iloc[0] == MISSING
     no_ref = longtail_table(trials[trials.loss != "ce"])
