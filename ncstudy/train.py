@@ -25,9 +25,11 @@ from ncstudy.config import TrialConfigError, TrialSpec
 from ncstudy.context import RayTrainContext, WorkerContext
 from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
+from ncstudy.data.random_labels import record_random_labels
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes
 from ncstudy.losses import build_loss
+from ncstudy.losses.feature_penalty import feature_penalty
 from ncstudy.metrics.convergence import NETWORK_CLOCK_METRICS, clock_summary, record_history
 from ncstudy.models import build_model
 from ncstudy.runlog import RunLogger, tune_view
@@ -156,6 +158,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     log = RunLogger(run, ctx.is_main)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
     log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
+    record_random_labels(log, w.data, trial.dataset)
     with log.system_metrics(trial.evaluation.system_metrics):
         if state is None and trial.evaluation.nc_metrics:
             start_clock(w, progress, log)
@@ -357,7 +360,8 @@ def train_step(w: Worker, opt: Optimisation, x: torch.Tensor, y: torch.Tensor) -
     with torch.autocast(device_type=w.device.type, enabled=w.amp):
         out, h = w.net(x, y)
     opt.optimizer.zero_grad(set_to_none=True)
-    opt.scaler.scale(out.loss).backward()
+    objective = out.loss + feature_penalty(h, w.trial.train.feature_decay)
+    opt.scaler.scale(objective).backward()
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     opt.scheduler.step()

@@ -84,11 +84,12 @@ def _check_ufm_study(study: StudySpec) -> None:
     base = study.ufm.model_dump(exclude_unset=True)
     for combo in itertools.product(*ufm_axes.values()):
         values = {p.partition(".")[2]: v for p, v in zip(ufm_axes, combo, strict=True)}
-        try:
-            ufm = UFMSpec.model_validate({**base, **values})
-        except ValidationError as err:
-            raise ValueError(f"grid.axes ({values}): {_first_error(err, type(study))}") from None
         for i, loss in enumerate(study.losses):
+            try:  # the loss's own `ufm:` fields, then the grid's values (as resolve_trial)
+                ufm = UFMSpec.model_validate({**base, **loss.ufm, **values})
+            except ValidationError as err:
+                where = f"losses[{i}] ({loss.name}).ufm, grid.axes ({values})"
+                raise ValueError(f"{where}: {_first_error(err, type(study))}") from None
             try:
                 check_ufm_loss(loss.name, loss.params, ufm)
             except ValueError as err:
@@ -210,12 +211,19 @@ def _loss_targets(study: StudySpec) -> list[tuple[str, Any]]:
     if study.ufm is not None:
         ufm_axes = {p: v for p, v in axes.items() if p.startswith("ufm.")}
         base = study.ufm.model_dump(exclude_unset=True)
+        own = {loss.name: loss.ufm for loss in study.losses}  # each loss's `ufm:` fields
         targets = []
         for combo in itertools.product(*ufm_axes.values()):
             values = {p.partition(".")[2]: v for p, v in zip(ufm_axes, combo, strict=True)}
-            ufm = UFMSpec.model_validate({**base, **values})
             context = f" with {values}" if values else ""
-            targets.append((context, lambda n, p, u=ufm: check_ufm_loss(n, p, u)))
+            targets.append(
+                (
+                    context,
+                    lambda n, p, v=values: check_ufm_loss(
+                        n, p, UFMSpec.model_validate({**base, **own[n], **v})
+                    ),
+                )
+            )
         return targets
     dims = axes.get("model.feature_dim", [study.model.feature_dim])
     data_axes = {p: v for p, v in axes.items() if p.startswith("dataset.")}

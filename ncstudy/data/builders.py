@@ -8,6 +8,8 @@ from typing import Any
 
 from ncstudy.data import cifar, digits, imagefolder
 from ncstudy.data.bundle import DataBundle
+from ncstudy.data.class_subset import with_class_subset
+from ncstudy.data.random_labels import with_random_labels
 from ncstudy.data.registry import dataset_facts
 
 BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
@@ -20,4 +22,6 @@ BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
 def build_data(spec: Any, seed: int) -> DataBundle:
     """Build the dataset named by `spec.name` (a DatasetSpec) with splits drawn from `seed`."""
     dataset_facts(spec.name)  # an unknown name: the registry's error, naming the valid ones
-    return BUILDERS[spec.name](spec, seed)
+    bundle = BUILDERS[spec.name](spec, seed)
+    # the dataset variants: a class subset, then random labels among those classes
+    return with_random_labels(with_class_subset(bundle, spec), spec)
