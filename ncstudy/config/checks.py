@@ -16,6 +16,7 @@ from ncstudy.config.sections import (
     AXIS_SECTIONS,
     UFM_MODEL,
     DatasetSpec,
+    GridSpec,
     TrainSpec,
     UFMSpec,
 )
@@ -68,7 +69,8 @@ def _check_ufm_study(study: StudySpec) -> None:
         )
     if "dataset" in study.model_fields_set:
         raise ValueError("dataset: UFM trials have no dataset (features are free); remove it")
-    if "batch_size" in study.grid.model_fields_set:
+    # by value: the study.yaml a run logs (every field dumped) must validate again
+    if study.grid.batch_size != GridSpec().batch_size:
         raise ValueError(
             "grid.batch_size: UFM trials use the whole sample set as one batch; remove it"
         )

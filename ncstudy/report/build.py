@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ncstudy.report import figures as draw_figures
+from ncstudy.report import paper003
 from ncstudy.report.downstream_tables import downstream_tables
 from ncstudy.report.figures import FigureFile
 from ncstudy.report.html import METRICS_DOC, render_index
@@ -91,6 +92,7 @@ def all_figures(data: Any, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
         ("NC curves", lambda: draw_figures.nc_curves(trials, histories, out_dir)),
         ("NC curves by temperature", lambda: draw_figures.nc_by_axis(trials, histories, out_dir)),
         ("seed spreads", lambda: draw_figures.seed_spreads(trials, out_dir)),
+        ("paper 003", lambda: paper003.figures(data, out_dir)),  # Yaras et al.'s, where they fit
     ]  # fmt: skip
     drawn, problems = [], []
     for kind, draw in kinds:
