@@ -127,7 +127,7 @@ def _hsv(k: int, n: int) -> Any:
 def figure3(done: pd.DataFrame, spec: Any, out_dir: Path) -> FigureFile:
     """Final loss against K (at the temperature nearest 1) and against the paper's tau (at
     the K nearest 10), dots for the runs and Theorem 1's line."""
-    t = done.assign(K=[int(a["ufm.K"]) for a in done.axes], temp=done.temperature.astype(float))
+    t = done.assign(K=[int(a["ufm.K"]) for a in done["axes"]], temp=done.temperature.astype(float))
     t1 = min(set(t["temp"]), key=lambda v: abs(math.log(v)))
     k10 = min(set(t["K"]), key=lambda v: abs(v - 10))
     fig = Figure(figsize=(9, 3.6), layout="constrained")
@@ -156,7 +156,7 @@ def figure3(done: pd.DataFrame, spec: Any, out_dir: Path) -> FigureFile:
 
 def figure4(done: pd.DataFrame, out_dir: Path) -> FigureFile:
     """NC1, NC2, NC3 (uncentred, the paper's form) and training accuracy against width."""
-    t = done.assign(width=[int(a["model.width"]) for a in done.axes]).sort_values("width")
+    t = done.assign(width=[int(a["model.width"]) for a in done["axes"]]).sort_values("width")
     panels = [
         ("nc/nc1", "NC1"),
         ("nc/nc2_uncentred_means", "NC2 (uncentred)"),
