@@ -210,21 +210,24 @@ def learning_curves(
                     color=line.get_color(),
                 )
                 if metric == "train/acc1":
-                    reached.append(_first_full(wide.mean(axis=1), loss, setting))
-            ax.set(xlabel=step, title=f"{title} ({setting})")
+                    where = f" ({setting})" if len(settings) > 1 else ""  # UFM: one setting
+                    reached.append(_first_full(wide.mean(axis=1), loss + where))
+            ax.set(xlabel=step, title=title if len(settings) == 1 else f"{title} ({setting})")
             if metric == "nc/nc1":
                 ax.set_yscale("log")
         row[0].legend()
     path = _save(fig, out_dir / f"paper003_{name}.png")
-    return FigureFile(path.stem, f"Paper 003: {name.title()}", _curve_caption(name, reached), path)
+    return FigureFile(
+        path.stem, f"Paper 003: Figure {name[-1]}", _curve_caption(name, reached), path
+    )
 
 
-def _first_full(mean_acc: pd.Series, loss: str, setting: str) -> str:
-    """`loss (setting): 100 % at step s` or its final mean accuracy."""
+def _first_full(mean_acc: pd.Series, label: str) -> str:
+    """`label: 100 % at step s` or its final mean accuracy."""
     full = mean_acc[mean_acc >= 99.999]
     if len(full):
-        return f"{loss} ({setting}): 100 % at step {int(full.index[0])}"
-    return f"{loss} ({setting}): {mean_acc.iloc[-1]:.1f} % at the end"
+        return f"{label}: 100 % at step {int(full.index[0])}"
+    return f"{label}: {mean_acc.iloc[-1]:.1f} % at the end"
 
 
 def _curve_caption(name: str, reached: list[str]) -> str:

@@ -46,8 +46,8 @@ def test_learning_curves_caption_says_when_each_loss_fits(tmp_path: Path) -> Non
         columns=["key", "metric", "step", "value"],
     )
     fig = paper003.learning_curves(done, hist, tmp_path, "iteration", "figure5")
-    assert "normface (s): 100 % at step 2" in fig.caption
-    assert "ce (s): 60.0 % at the end" in fig.caption
+    assert "normface: 100 % at step 2" in fig.caption
+    assert "ce: 60.0 % at the end" in fig.caption
 
 
 @pytest.mark.parametrize(
