@@ -118,7 +118,9 @@ def _open_study(
     study: StudySpec, paths: StudyPaths, resume: bool, at_once: int, verbose: bool
 ) -> StudyRun:
     """The study's MLflow experiment and parent run (found again on --resume)."""
-    study_yaml = yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)
+    # a UFM study has no dataset: leaving it out lets the logged study.yaml validate again
+    dump = study.model_dump(mode="json", exclude={"dataset"} if study.ufm else None)
+    study_yaml = yaml.safe_dump(dump, sort_keys=False)
     mlf = tracking.client(paths.tracking_uri)
     local_store = paths.tracking_uri.startswith("sqlite:")
     artifacts = paths.output_dir / "mlartifacts" if local_store else None

@@ -26,12 +26,14 @@ from ncstudy.config import TrialConfigError, TrialSpec
 from ncstudy.context import RayTrainContext, WorkerContext
 from ncstudy.data import build_data
 from ncstudy.data.bundle import DataBundle
+from ncstudy.data.random_labels import record_random_labels
 from ncstudy.evaluate import downstream as ds
 from ncstudy.evaluate import passes, reaug_probe
 from ncstudy.evaluate.clock import clock_for_worker
 from ncstudy.feature_log import log_features_2d
 from ncstudy.finetune import init_encoder
 from ncstudy.losses import build_loss
+from ncstudy.losses.feature_penalty import feature_penalty
 from ncstudy.metrics.convergence import clock_summary
 from ncstudy.models import build_model
 from ncstudy.recipe import BestVal, clip_gradients, schedule_factor, track_best_val
@@ -169,6 +171,7 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     w.clock = clock_for_worker(w, progress.history, log)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
     log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
+    record_random_labels(log, w.data, trial.dataset)
     with log.system_metrics(trial.evaluation.system_metrics):
         if state is None and trial.evaluation.nc_metrics:
             start_clock(w, progress, log)
@@ -382,7 +385,8 @@ def train_step(w: Worker, opt: Optimisation, x: torch.Tensor, y: torch.Tensor) -
     with torch.autocast(device_type=w.device.type, enabled=w.amp):
         out, h = w.net(x, y)
     opt.optimizer.zero_grad(set_to_none=True)
-    opt.scaler.scale(out.loss).backward()
+    objective = out.loss + feature_penalty(h, w.trial.train.feature_decay)
+    opt.scaler.scale(objective).backward()
     clip_gradients(w.net, opt.optimizer, opt.scaler, w.trial.train.grad_clip_norm)
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()

@@ -16,6 +16,7 @@ from ncstudy.config.sections import (
     AXIS_SECTIONS,
     UFM_MODEL,
     DatasetSpec,
+    GridSpec,
     TrainSpec,
     UFMSpec,
 )
@@ -68,7 +69,8 @@ def _check_ufm_study(study: StudySpec) -> None:
         )
     if "dataset" in study.model_fields_set:
         raise ValueError("dataset: UFM trials have no dataset (features are free); remove it")
-    if "batch_size" in study.grid.model_fields_set:
+    # by value: the study.yaml a run logs (every field dumped) must validate again
+    if study.grid.batch_size != GridSpec().batch_size:
         raise ValueError(
             "grid.batch_size: UFM trials use the whole sample set as one batch; remove it"
         )
@@ -84,11 +86,12 @@ def _check_ufm_study(study: StudySpec) -> None:
     base = study.ufm.model_dump(exclude_unset=True)
     for combo in itertools.product(*ufm_axes.values()):
         values = {p.partition(".")[2]: v for p, v in zip(ufm_axes, combo, strict=True)}
-        try:
-            ufm = UFMSpec.model_validate({**base, **values})
-        except ValidationError as err:
-            raise ValueError(f"grid.axes ({values}): {_first_error(err, type(study))}") from None
         for i, loss in enumerate(study.losses):
+            try:  # the loss's own `ufm:` fields, then the grid's values (as resolve_trial)
+                ufm = UFMSpec.model_validate({**base, **loss.ufm, **values})
+            except ValidationError as err:
+                where = f"losses[{i}] ({loss.name}).ufm, grid.axes ({values})"
+                raise ValueError(f"{where}: {_first_error(err, type(study))}") from None
             try:
                 check_ufm_loss(loss.name, loss.params, ufm)
             except ValueError as err:
@@ -210,12 +213,19 @@ def _loss_targets(study: StudySpec) -> list[tuple[str, Any]]:
     if study.ufm is not None:
         ufm_axes = {p: v for p, v in axes.items() if p.startswith("ufm.")}
         base = study.ufm.model_dump(exclude_unset=True)
+        own = {loss.name: loss.ufm for loss in study.losses}  # each loss's `ufm:` fields
         targets = []
         for combo in itertools.product(*ufm_axes.values()):
             values = {p.partition(".")[2]: v for p, v in zip(ufm_axes, combo, strict=True)}
-            ufm = UFMSpec.model_validate({**base, **values})
             context = f" with {values}" if values else ""
-            targets.append((context, lambda n, p, u=ufm: check_ufm_loss(n, p, u)))
+            targets.append(
+                (
+                    context,
+                    lambda n, p, v=values: check_ufm_loss(
+                        n, p, UFMSpec.model_validate({**base, **own[n], **v})
+                    ),
+                )
+            )
         return targets
     dims = axes.get("model.feature_dim", [study.model.feature_dim])
     data_axes = {p: v for p, v in axes.items() if p.startswith("dataset.")}

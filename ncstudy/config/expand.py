@@ -82,6 +82,8 @@ def resolve_trial(
         if getattr(study, s) is not None
     }
     sections["train"].update(loss.train)  # the loss's own recipe (e.g. SupCon's lr)
+    if "ufm" in sections:  # the loss's own UFM fields (a regularised ce beside normface)
+        sections["ufm"].update(loss.ufm)
     params = dict(loss.params)
     for path, value in axes.items():
         section, _, field = path.partition(".")

@@ -19,6 +19,7 @@ from pydantic import (
 from ncstudy.cluster import check_custom_resources
 from ncstudy.config.errors import error_message
 from ncstudy.data import list_datasets
+from ncstudy.data.variants import check_data_variants
 
 UFM_MODEL = "ufm"  # model.name of unconstrained-feature-model trials (no encoder, no dataset)
 
@@ -68,19 +69,24 @@ class DatasetSpec(Strict):
     imbalance_ratio: float | None = Field(
         None, gt=0, le=1, description="long-tailed profile n_min / n_max (0.01: factor 100)"
     )
+    random_labels: bool = Field(
+        False, description="train on a seeded permutation of the training labels (label_seed)"
+    )
+    label_seed: Seed = Field(0, description="seed of the random_labels permutation")
+    classes: list[int | str] | None = Field(
+        None, description="only these classes (indices or names), relabelled 0..k-1 in this order"
+    )
     loader: Literal["torchvision", "ffcv"] = "torchvision"
     beton_dir: str | None = Field(None, description="folder of the FFCV .beton files")
     num_workers: int = Field(
         0, ge=0, le=MAX_LOADER_WORKERS, description="loader worker processes (0: in-process)"
-    )
-    classes: list[int | str] | None = Field(
-        None, description="keep only these classes (indices or names), relabelled 0..k-1"
     )
 
     @model_validator(mode="after")
     def _data_options(self) -> DatasetSpec:
         if self.name.endswith("_lt") and self.imbalance_ratio is None:
             raise ValueError(f"imbalance_ratio: {self.name} needs one (n_min / n_max, e.g. 0.01)")
+        check_data_variants(self)
         if self.loader == "ffcv":
             # the YAML's own mistakes first, so they are reported with or without the extra
             if self.name == "digits":
@@ -172,6 +178,12 @@ class TrainSpec(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
+    feature_decay: float = Field(
+        0.0,
+        ge=0,
+        description="penalty feature_decay/2 * mean ||h||^2 on the encoder's features (the "
+        "regularised UFM's lambda_H, per sample; ncstudy/losses/feature_penalty.py)",
+    )
     warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of lr")
@@ -218,11 +230,25 @@ class LossSpec(Strict):
         default_factory=dict,
         description="this loss's `train:` fields, merged over the study's (e.g. SupCon's lr)",
     )
+    ufm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this loss's `ufm:` fields, merged over the study's (UFM studies: e.g. "
+        "`{variant: regularized, lambda_h: 0.005}` for ce beside a spherical normface)",
+    )
 
     @field_validator("train")
     @classmethod
     def _train_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
         return _check_train_override(values)
+
+    @field_validator("ufm")
+    @classmethod
+    def _ufm_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in values if k not in UFMSpec.model_fields]
+        if unknown:
+            valid = ", ".join(UFMSpec.model_fields)
+            raise ValueError(f"{unknown[0]}: unknown field; valid: {valid} (as in `ufm:`)")
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> LossSpec:

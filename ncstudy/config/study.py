@@ -96,6 +96,9 @@ class StudySpec(Strict):
             _check_ufm_study(self)
             _check_loss_values(self)
             return self
+        with_ufm = [loss.name for loss in self.losses if loss.ufm]
+        if with_ufm:
+            raise ValueError(f"losses ({with_ufm[0]}): `ufm:` applies to UFM studies only")
         r = self.resources
         if self.model.sync_bn and r.gpus_per_worker == 0 and r.workers_per_trial > 1:
             raise ValueError(

@@ -9,6 +9,7 @@ from typing import Any
 from ncstudy.data import cifar, digits, imagefolder, miniimagenet
 from ncstudy.data.bundle import DataBundle
 from ncstudy.data.class_subset import select_classes
+from ncstudy.data.random_labels import with_random_labels
 from ncstudy.data.registry import dataset_facts
 
 BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
@@ -22,4 +23,6 @@ BUILDERS: dict[str, Callable[[Any, int], DataBundle]] = {
 def build_data(spec: Any, seed: int) -> DataBundle:
     """Build the dataset named by `spec.name` (a DatasetSpec) with splits drawn from `seed`."""
     dataset_facts(spec.name)  # an unknown name: the registry's error, naming the valid ones
-    return select_classes(BUILDERS[spec.name](spec, seed), spec)
+    bundle = BUILDERS[spec.name](spec, seed)
+    # the dataset variants: a class subset, then random labels among those classes
+    return with_random_labels(select_classes(bundle, spec), spec)

@@ -31,13 +31,21 @@ CIFAR10_CLASSES = (
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "cifar10": CIFAR10_CLASSES,
     "cifar10_lt": CIFAR10_CLASSES,
+    "cifar10_jpeg": CIFAR10_CLASSES,  # its class folders are these names
+    "cifar10_jpeg_lt": CIFAR10_CLASSES,
     "digits": tuple(str(i) for i in range(10)),
 }
 
 
-def class_indices(spec: Any) -> list[int]:
-    """The dataset's own indices of `spec.classes` (names resolved), in the order given."""
-    names = CLASS_NAMES.get(spec.name)
+def folder_named(spec: Any) -> bool:
+    """Whether the dataset's classes are its folder names, known once it is built (imagefolder)."""
+    return callable(DATASETS[spec.name].num_classes)
+
+
+def class_indices(spec: Any, names: tuple[str, ...] | None = None) -> list[int]:
+    """The dataset's own indices of `spec.classes` (names resolved), in the order given;
+    `names`: the built dataset's class names where they are only known then."""
+    names = CLASS_NAMES.get(spec.name, names)
     out = []
     for c in spec.classes:
         if isinstance(c, int):
@@ -52,9 +60,16 @@ def class_indices(spec: Any) -> list[int]:
 
 def check_classes(spec: Any) -> None:
     """Validate `spec.classes` (a DatasetSpec's) before anything is loaded."""
-    indices = class_indices(spec)
-    if len(indices) < 2:
+    if len(spec.classes) < 2:
         raise ValueError(f"classes: give at least two classes, got {spec.classes}")
+    if len(set(spec.classes)) != len(spec.classes):
+        raise ValueError(f"classes: repeated classes in {spec.classes}")
+    negative = [c for c in spec.classes if isinstance(c, int) and c < 0]
+    if negative:
+        raise ValueError(f"classes: class indices start at 0, got {negative}")
+    if folder_named(spec):  # names are resolved against the class folders when it is built
+        return
+    indices = class_indices(spec)
     if len(set(indices)) != len(indices):
         raise ValueError(f"classes: repeated classes in {spec.classes}")
     total = DATASETS[spec.name].num_classes
@@ -95,7 +110,8 @@ def select_classes(bundle: DataBundle, spec: Any) -> DataBundle:
     """The bundle restricted to `spec.classes` (unchanged when it is None)."""
     if spec.classes is None:
         return bundle
-    keep = class_indices(spec)
+    source = getattr(bundle.train_eval, "source", None)  # an ImageFolder's class folders
+    keep = class_indices(spec, tuple(getattr(source, "classes", None) or ()) or None)
     train = ClassSubset(bundle.train, keep)
     contrastive = bundle.train_contrastive
     return replace(

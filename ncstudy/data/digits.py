@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ncstudy.data.bundle import DataBundle
+from ncstudy.data.longtail import longtail_subset, per_class_subset
 
 
 class TensorImages(Dataset):
@@ -59,6 +60,39 @@ def stratified_split(
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
 
 
+def digits_splits(labels: np.ndarray, spec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices. Without subset options: one stratified split. With them, as
+    for the image datasets: the test part is held out first, the rest is the training pool that
+    `subset_per_class` (n per class) and `imbalance_ratio` cut, and val is `val_fraction` of what
+    remains; `test_per_class` caps the test part."""
+    seed = spec.split_seed
+    if spec.subset_per_class is None and spec.imbalance_ratio is None:
+        train, val, test = stratified_split(labels, (spec.val_fraction, spec.test_fraction), seed)
+    else:
+        rest, _, test = stratified_split(labels, (0.0, spec.test_fraction), seed)
+        if spec.subset_per_class is not None:
+            smallest = int(np.bincount(labels[rest], minlength=10).min())
+            if smallest < spec.subset_per_class:
+                raise ValueError(
+                    f"dataset.subset_per_class: {spec.subset_per_class} is more than the smallest "
+                    f"digits class has outside the test part ({smallest}); lower it"
+                )
+            rest = rest[per_class_subset(labels[rest], [spec.subset_per_class] * 10, seed)]
+        if spec.imbalance_ratio is not None:
+            if spec.subset_per_class is None:
+                raise ValueError(
+                    "dataset.imbalance_ratio: the digits classes differ in size (174-183); set "
+                    "subset_per_class too, so the long tail starts from equal classes"
+                )
+            rest = rest[longtail_subset(labels[rest], 10, spec.imbalance_ratio, seed)]
+        tr, va, _ = stratified_split(labels[rest], (spec.val_fraction, 0.0), seed)
+        train, val = rest[tr], rest[va]
+    if spec.test_per_class is not None:
+        per_class = [min(spec.test_per_class, int(n)) for n in np.bincount(labels[test])]
+        test = test[per_class_subset(labels[test], per_class, seed)]
+    return train, val, test
+
+
 def build_digits(spec: Any, seed: int) -> DataBundle:
     """The scikit-learn digits as a DataBundle (the trial seed does not change the split)."""
     from sklearn.datasets import load_digits  # scikit-learn (about 1 s): this dataset only
@@ -69,9 +103,7 @@ def build_digits(spec: Any, seed: int) -> DataBundle:
     if size != images.shape[-1]:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     labels = np.asarray(bunch.target, dtype=np.int64)
-    train_idx, val_idx, test_idx = stratified_split(
-        labels, (spec.val_fraction, spec.test_fraction), spec.split_seed
-    )
+    train_idx, val_idx, test_idx = digits_splits(labels, spec)
     mean, std = images[train_idx].mean(), images[train_idx].std()
     images = (images - mean) / std
     y = torch.from_numpy(labels)

@@ -72,7 +72,7 @@ def dataset_facts(name: str) -> DatasetFacts:
 
 def dataset_num_classes(spec: Any) -> int:
     """The number of classes of the dataset a DatasetSpec names, without loading it."""
-    if getattr(spec, "classes", None) is not None:  # dataset.classes: a class subset
+    if getattr(spec, "classes", None):  # a class subset (ncstudy/data/class_subset.py)
         return len(spec.classes)
     num_classes = DATASETS[spec.name].num_classes
     return num_classes(spec) if callable(num_classes) else num_classes

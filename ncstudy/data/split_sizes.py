@@ -25,14 +25,12 @@ def train_split_size(spec: Any) -> int | None:
     None when the data cannot be counted here. Raises ValueError naming the field when the
     split itself is impossible (e.g. subset_per_class above the smallest class)."""
     # torch, torchvision: see the module docstring
-    from ncstudy.data.digits import stratified_split
+    from ncstudy.data.digits import digits_splits
     from ncstudy.data.images import split_official
 
     if spec.name == "digits":
         labels = np.repeat(np.arange(10, dtype=np.int64), DIGITS_PER_CLASS)
-        train, _, _ = stratified_split(
-            labels, (spec.val_fraction, spec.test_fraction), spec.split_seed
-        )
+        train, _, _ = digits_splits(labels, spec)
         return len(train)
     counts = _train_class_counts(spec)
     if counts is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ncstudy.metrics import classical, generalized, information, rank, zhou
+from ncstudy.metrics import classical, generalized, information, rank, uncentred, zhou
 from ncstudy.metrics.stats import NCStatistics
 
 FEATURE_METRICS = (
@@ -26,6 +26,7 @@ FEATURE_METRICS = (
     "erank_inter",
     "align_inst_mean",
     "gnc1",
+    *uncentred.FEATURE_NAMES,
 )
 WEIGHT_METRICS = (
     "nc2_equinorm_weights",
@@ -47,6 +48,7 @@ WEIGHT_METRICS = (
     "max_cos_weights",
     "nc2_zhou",
     "nc3_zhou",
+    *uncentred.WEIGHT_NAMES,
 )
 METRIC_NAMES = FEATURE_METRICS + WEIGHT_METRICS
 
@@ -56,6 +58,7 @@ def _feature_metrics(stats: NCStatistics) -> dict[str, float | None]:
     present, means, global_mean = classical.class_means(stats.counts, stats.sum_features)
     centred = means - global_mean
     return {
+        **uncentred.feature_metrics(means),
         "nc1": classical.nc1(stats.counts, stats.sum_features, stats.within_scatter),
         "nc2_equinorm_means": classical.equinorm(centred),
         "nc2_equiangle_means": classical.equiangle(centred),
@@ -103,6 +106,7 @@ def _weight_metrics(stats: NCStatistics, weights: Tensor) -> dict[str, float | N
         "nc3_zhou": zhou.nc3_zhou(w_present, centred),
     }
     out.update(information.information_metrics(w_present, mu_hat, global_z))
+    out.update(uncentred.weight_metrics(w_present, means))
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ncstudy.report import figures as draw_figures
-from ncstudy.report import paper002, paper004
+from ncstudy.report import paper002, paper003, paper004
 from ncstudy.report.downstream_tables import downstream_tables
 from ncstudy.report.figures import FigureFile
 from ncstudy.report.html import METRICS_DOC, render_index
@@ -98,6 +98,7 @@ def all_figures(data: Any, out_dir: Path) -> tuple[list[FigureFile], list[str]]:
         ("seed spreads", lambda: draw_figures.seed_spreads(trials, out_dir)),
         ("paper 004", lambda: paper004.figures(data, out_dir)),
         ("generalised NC (Jiang et al.)", lambda: paper002.figures(data, out_dir)),
+        ("paper 003", lambda: paper003.figures(data, out_dir)),  # Yaras et al.'s, where they fit
     ]  # fmt: skip
     drawn, problems = [], []
     for kind, draw in kinds:

@@ -25,6 +25,7 @@ from ncstudy.metrics.convergence import UFM_CLOCK_METRICS, clock_summary, record
 from ncstudy.runlog import RunLogger, tune_view
 from ncstudy.targets import RunTarget
 from ncstudy.ufm import theory
+from ncstudy.ufm.geometry import log_geometry
 from ncstudy.ufm.problem import UFMProblem, balanced_labels
 from ncstudy.ufm.regularized import RegularizedUFM
 from ncstudy.ufm.spherical import SphericalUFM
@@ -160,6 +161,7 @@ def ufm_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = None)
         metrics["best/val_acc1"] = best
         if it >= u.iterations:
             metrics.update(_final(metrics, history, trial))
+            log_geometry(log, problem)  # d <= 3: the 2-D/3-D picture of the final configuration
         log.log(metrics, it)
         ctx.report(tune_view(metrics, TUNE_KEYS), state=_checkpoint(problem, history, best, trial))
 

@@ -19,4 +19,5 @@ def test_evidence_study_is_the_seed_000_comparison() -> None:
         ["ce", "normface", "ntce", "nonl", "supcon"], 3
     )
     assert sorted({t.seed for t in trials}) == [0, 1, 2]
-    assert spec.evaluation.every == 1  # the convergence clock needs every epoch
+    # Table 7's clock: ~9 iterations per epoch, so a clock pass every few iterations
+    assert spec.evaluation.convergence.every_steps <= 5

@@ -112,6 +112,10 @@ def direct_metrics(h: np.ndarray, y: np.ndarray, pred: np.ndarray, w: np.ndarray
         "nc2_zhou": np.linalg.norm((g := w @ w.T) / np.linalg.norm(g) - etf),
         "nc3_zhou": np.linalg.norm((g := w @ mt.T) / np.linalg.norm(g) - etf),
     }
+    # Yaras et al.'s uncentred forms: the raw class means mu, not mu - mu_G
+    out["nc2_uncentred_means"] = np.linalg.norm((g := mu @ mu.T) / np.linalg.norm(g) - etf)
+    out["nc2_uncentred_weights"] = np.linalg.norm((g := w @ w.T) / np.linalg.norm(g) - etf)
+    out["nc3_uncentred"] = ((w / np.linalg.norm(w) - mu / np.linalg.norm(mu)) ** 2).sum()
     out["mir"], out["hdr"] = _mir_hdr(w_hat, _unit(mu_hat - mu_hat.mean(0)))
     out["mir_paper"], out["hdr_paper"] = _mir_hdr(w_hat, _unit(mu_hat - _unit(z.mean(0))))
     return out
