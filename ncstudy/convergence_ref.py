@@ -23,6 +23,7 @@ import yaml
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec
+from ncstudy.history import logged_steps, not_logged
 from ncstudy.metrics import metric_target, steps_to_ref
 
 REFERENCE_TAG = "ncstudy.steps_to_ref.reference"
@@ -156,4 +157,6 @@ def log_steps_to_ref(
                 out[f"steps_to_ref/{metric}"] = float(reached)
         run_id = runs[key].info.run_id
         mlf.set_tag(run_id, REFERENCE_TAG, ref.key)
+        # a resumed study computes them again for the trials finished before: log each once
+        out = not_logged(out, last_step, logged_steps(mlf, run_id, out))
         tracking.log_metrics(mlf, run_id, out, step=last_step)
