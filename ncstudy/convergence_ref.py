@@ -158,5 +158,6 @@ def log_steps_to_ref(
         run_id = runs[key].info.run_id
         mlf.set_tag(run_id, REFERENCE_TAG, ref.key)
         # a resumed study computes them again for the trials finished before: log each once
-        out = not_logged(out, last_step, logged_steps(mlf, run_id, out))
+        held = [k for k in out if k in runs[key].data.metrics]
+        out = not_logged(out, last_step, logged_steps(mlf, run_id, held))
         tracking.log_metrics(mlf, run_id, out, step=last_step)

@@ -11,11 +11,11 @@ from typing import Any
 _OWN_STEPS = "system/"
 
 
-def logged_steps(mlf: Any, run_id: str, only: Any = None) -> set[tuple[str, int]]:
-    """Every (metric, step) the run holds, of the metrics in `only` where given (one query per
-    metric; none for a new run)."""
-    held = mlf.get_run(run_id).data.metrics
-    keys = [k for k in held if not k.startswith(_OWN_STEPS) and (only is None or k in only)]
+def logged_steps(mlf: Any, run_id: str, held: Any = None) -> set[tuple[str, int]]:
+    """Every (metric, step) the run holds (one query per metric; none for a new run); `held`:
+    the metric names to look at where the caller has the run already."""
+    held = mlf.get_run(run_id).data.metrics if held is None else held
+    keys = [k for k in held if not k.startswith(_OWN_STEPS)]
     return {(k, m.step) for k in keys for m in mlf.get_metric_history(run_id, k)}
 
 
