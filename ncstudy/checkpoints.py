@@ -39,6 +39,11 @@ def write_marker(folder: Path, epoch: int) -> None:
     (folder / MARKER_FILE).write_text(json.dumps({"epoch": epoch, "sha256": digest}))
 
 
+def progress_of(state: dict[str, Any]) -> int:
+    """How far a checkpoint is: the network loop's epoch, or the UFM loop's iteration."""
+    return int(state["epoch"] if "epoch" in state else state["ufm"]["iteration"])
+
+
 def load_state_bytes(blob: bytes) -> dict[str, Any]:
     """A checkpoint's state dict. `weights_only=True`: tensors, numbers, strings and containers
     only, so a checkpoint in shared storage cannot run code when it is loaded."""

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ncstudy.checkpoints import CHECKPOINT_FILE, Restored, restore_newest, write_marker
+from ncstudy.checkpoints import (
+    CHECKPOINT_FILE,
+    Restored,
+    progress_of,
+    restore_newest,
+    write_marker,
+)
 
 
 class WorkerContext:
@@ -57,7 +63,7 @@ def _state_dir(state: dict[str, Any]) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ncstudy-ckpt-"))
     try:
         torch.save(state, path / CHECKPOINT_FILE)
-        write_marker(path, int(state["epoch"]))
+        write_marker(path, progress_of(state))
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
