@@ -14,7 +14,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-CHECKPOINT_FILE = "state.pt"
+from ncstudy.checkpoints import (
+    CHECKPOINT_FILE,
+    Restored,
+    progress_of,
+    restore_newest,
+    write_marker,
+)
 
 
 class WorkerContext:
@@ -24,6 +30,7 @@ class WorkerContext:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.reports: list[dict[str, Any]] = []
+        self.restored_from: str | None = None  # the checkpoint folder load_state restored
 
     @property
     def is_main(self) -> bool:
@@ -45,22 +52,21 @@ class WorkerContext:
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         raise NotImplementedError
 
+    def _restored(self, found: Restored | None) -> dict[str, Any] | None:
+        """The state of a restored checkpoint (None: a fresh start), noting where it came from."""
+        self.restored_from = None if found is None else found.source
+        return None if found is None else found.state
+
 
 @contextmanager
 def _state_dir(state: dict[str, Any]) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ncstudy-ckpt-"))
     try:
         torch.save(state, path / CHECKPOINT_FILE)
+        write_marker(path, progress_of(state))
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _load(checkpoint: Any) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        return load_state_file(Path(d) / CHECKPOINT_FILE)
 
 
 def load_state_file(path: Path) -> dict[str, Any]:
@@ -74,9 +80,12 @@ class RayTrainContext(WorkerContext):
     """Inside a Ray Train worker (TorchTrainer)."""
 
     def load_state(self) -> dict[str, Any] | None:
+        """The newest complete checkpoint in the Train run's folder (or the one Train hands)."""
         import ray.train  # Ray (seconds): only inside a Ray Train worker
 
-        return _load(ray.train.get_checkpoint())
+        storage = ray.train.get_context().get_storage()
+        found = restore_newest(ray.train.get_checkpoint(), storage, storage.experiment_fs_path)
+        return self._restored(found)
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train  # Ray (seconds): only inside a Ray Train worker
@@ -89,9 +98,13 @@ class TuneContext(WorkerContext):
     """Inside a Ray Tune function trial: the single-worker fast path, no Train start-up."""
 
     def load_state(self) -> dict[str, Any] | None:
+        """The newest complete checkpoint in the trial's folder (or the one Tune hands): after
+        a crash of the driver, Tune's saved state may name an older one."""
         import ray.tune  # Ray (seconds): only inside a Tune trial
 
-        return _load(ray.tune.get_checkpoint())
+        storage = ray.tune.get_context().get_storage()
+        found = restore_newest(ray.tune.get_checkpoint(), storage, storage.trial_fs_path)
+        return self._restored(found)
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.tune  # Ray (seconds): only inside a Tune trial

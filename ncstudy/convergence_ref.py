@@ -24,6 +24,7 @@ import yaml
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec
+from ncstudy.history import logged_steps, not_logged
 from ncstudy.metrics import metric_target, steps_to_ref
 from ncstudy.metrics.convergence import CLOCK_PREFIX
 
@@ -166,4 +167,7 @@ def log_steps_to_ref(
                 out[f"steps_to_ref/{metric}"] = float(reached)
         run_id = runs[key].info.run_id
         mlf.set_tag(run_id, REFERENCE_TAG, ref.key)
+        # a resumed study computes them again for the trials finished before: log each once
+        held = [k for k in out if k in runs[key].data.metrics]
+        out = not_logged(out, last_step, logged_steps(mlf, run_id, held))
         tracking.log_metrics(mlf, run_id, out, step=last_step)

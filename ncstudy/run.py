@@ -21,6 +21,8 @@ from typing import Any
 from ncstudy import study as driver
 from ncstudy.cluster import resolve_address
 from ncstudy.config import SpecError, StudySpec, TrialSpec, expand, load_study
+from ncstudy.diskfull import EXIT_CODE as DISK_FULL_EXIT
+from ncstudy.diskfull import DiskFull
 from ncstudy.diskspace import check_free_space
 from ncstudy.paths import StudyError, StudyPaths
 from ncstudy.progress import quiet_libraries
@@ -217,6 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskFull as err:  # stopped like Ctrl-C; --resume goes on once there is space
+        print(
+            f"\nstopped: a disk is full ({err.reason}); free space, then resume with  "
+            f"{resume_command(args)}",
+            file=sys.stderr,
+        )
+        return DISK_FULL_EXIT
     except KeyboardInterrupt:
         how = "stopped (SIGTERM)" if _Stop.received else "interrupted"
         print(f"\n{how}: resume with  {resume_command(args)}", file=sys.stderr)

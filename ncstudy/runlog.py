@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ncstudy import tracking
+from ncstudy.history import logged_steps, not_logged
 from ncstudy.mlflow_model import log_trial_model
 from ncstudy.targets import RunTarget
 
@@ -21,11 +22,14 @@ class RunLogger:
     def __init__(self, run: RunTarget | None, is_main: bool) -> None:
         self.run = run if is_main else None
         self.client = None if self.run is None else tracking.client(self.run.tracking_uri)
+        # what an earlier attempt of the trial logged: a restart never logs a step twice
+        self.logged = set() if self.run is None else logged_steps(self.client, self.run.run_id)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        """Log the metrics at `step`."""
+        """Log the metrics at `step` (those the run does not hold at `step` already)."""
         if self.run is not None:
-            tracking.log_metrics(self.client, self.run.run_id, metrics, step=step)
+            fresh = not_logged(metrics, step, self.logged)
+            tracking.log_metrics(self.client, self.run.run_id, fresh, step=step)
 
     def tag(self, tags: dict[str, str]) -> None:
         """Set tags on the run."""

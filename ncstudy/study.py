@@ -19,6 +19,7 @@ import yaml
 from ncstudy import progress, tracking
 from ncstudy.cluster import check_storage_path, check_tracking_uri
 from ncstudy.config import StudySpec, TrialSpec, expand
+from ncstudy.diskfull import STOPPED, DiskFull, Reserve, full_disk_reason
 from ncstudy.diskspace import check_free_space
 from ncstudy.ownership import SETTLE_S, Lease, LocalLock
 from ncstudy.paths import MARKER, StudyError, StudyPaths
@@ -161,6 +162,9 @@ def _drive(run: StudyRun, trials: list[TrialSpec] | None) -> list[TrialRow]:
     interrupted = False
     exiting: SystemExit | None = None
     crash: BaseException | None = None
+    reserve = Reserve(run.paths.study_dir)  # freed on a full disk: the closing writes fit
+    reserve.hold()
+    STOPPED.clear()
     try:
         _mark_started(run)
         interrupted = _run_search(run) if run.study.search is not None else _run_grid(run, trials)
@@ -169,12 +173,18 @@ def _drive(run: StudyRun, trials: list[TrialSpec] | None) -> list[TrialRow]:
     except SystemExit as err:  # Ray's own SIGTERM handler (no CLI handler): close, then exit
         interrupted, exiting = True, err
     except BaseException as err:
-        crash = err
-        raise
+        if full_disk_reason(err) is None:
+            crash = err
+            raise
+        interrupted = True  # a full disk stops the study like Ctrl-C
+        STOPPED.append(full_disk_reason(err) or "")
     finally:
+        reserve.free()
         rows = _close_study(run, trials, interrupted, crash)
     if exiting is not None:
         raise exiting
+    if STOPPED:
+        raise DiskFull(STOPPED[0])
     if interrupted:
         raise KeyboardInterrupt
     return rows

@@ -9,6 +9,7 @@ from typing import Any
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec
+from ncstudy.history import next_step
 from ncstudy.paths import StudyPaths
 
 
@@ -168,4 +169,5 @@ def log_study_outcome(mlf: Any, experiment_id: str, parent_id: str) -> None:
             mlf.delete_tag(parent_id, key)
     for key, value in tags.items():
         mlf.set_tag(parent_id, key, value)
-    tracking.log_metrics(mlf, parent_id, metrics, step=0)
+    # one step per driver session (a resumed study logs its outcome again): no step twice
+    tracking.log_metrics(mlf, parent_id, metrics, step=next_step(mlf, parent_id, metrics))

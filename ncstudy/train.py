@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ncstudy.checkpoints import RESUMED_TAG
 from ncstudy.config import TrialConfigError, TrialSpec
 from ncstudy.context import RayTrainContext, WorkerContext
 from ncstudy.data import build_data
@@ -170,6 +171,8 @@ def train_loop(trial: TrialSpec, ctx: WorkerContext, run: RunTarget | None = Non
     log = RunLogger(run, ctx.is_main)
     w.clock = clock_for_worker(w, progress.history, log)
     log.tag({SELECTION_TAG: "best/val_acc1" if w.has_val else NO_SELECTION})
+    if state is not None:
+        log.tag({RESUMED_TAG: f"epoch {state['epoch']}: {ctx.restored_from}"})
     log.inputs(trial.dataset.model_dump(mode="json"), split_sizes(w.data))
     record_random_labels(log, w.data, trial.dataset)
     with log.system_metrics(trial.evaluation.system_metrics):

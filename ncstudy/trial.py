@@ -13,6 +13,7 @@ from typing import Any
 
 from ncstudy import tracking
 from ncstudy.config import TrialSpec, config_error_in
+from ncstudy.diskfull import full_disk_reason
 from ncstudy.search_tags import search_tags
 from ncstudy.targets import RunTarget, StudyTarget
 
@@ -43,6 +44,8 @@ def run_trial(config: dict[str, Any], target: StudyTarget) -> None:
         else:
             final = _train_here(trial, run)
     except Exception as err:
+        if full_disk_reason(err) is not None:
+            raise  # not the trial's fault: the driver stops the study (diskfull.stop_callback)
         tracking.finish_run(mlf, run_id, "FAILED", reason=_reason(err))
         if config_error_in(err) is not None:
             return  # deterministic: a retry (FailureConfig) would fail the same way

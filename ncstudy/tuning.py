@@ -17,6 +17,7 @@ from typing import Any
 from ncstudy import progress
 from ncstudy.cluster import max_concurrent_trials
 from ncstudy.config import StudySpec, TrialSpec
+from ncstudy.diskfull import Reserve, stop_callback
 from ncstudy.paths import StudyPaths
 from ncstudy.targets import StudyTarget
 from ncstudy.trial import run_trial, uses_train
@@ -80,7 +81,7 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=study.resources.checkpoints_to_keep
             ),
-            callbacks=[_progress_callback()],
+            callbacks=[_progress_callback(), stop_callback(Reserve(paths.study_dir))],
             verbose=None if verbose else 0,  # None: Tune's default output
         ),
     )

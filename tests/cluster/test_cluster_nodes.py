@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,6 +225,9 @@ def test_node_killed_mid_trial(four_nodes, tmp_path: Path) -> None:
     # every epoch exactly once: a restart from scratch would log epochs 1 and 2 again, a lost
     # checkpoint would skip one
     assert steps(mlf, run.info.run_id, "epoch") == list(range(1, epochs + 1))
+    for key in run.data.metrics:  # and every history holds each step once (issue 19)
+        counts = Counter(m.step for m in mlf.get_metric_history(run.info.run_id, key))
+        assert max(counts.values()) == 1, (key, counts)
 
     # the GCS marks the node dead once its health checks fail (seconds; longer under load)
     def marked_dead() -> bool:
