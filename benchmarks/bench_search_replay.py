@@ -283,11 +283,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="trials at a time")
     parser.add_argument("--verify", type=int, default=0, help="real searches to check")
     parser.add_argument("--out", default=None, help="keep the grids' store here (reused)")
+    parser.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES)
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="ncstudy-replay-")
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for loss in LOSSES:
+    for loss in args.losses:
         curves = train_grid(out, args.epochs, loss)
         grid = grid_outcome(curves)
         print(f"{loss}: {len(curves)} configurations, {time.perf_counter() - started:.0f} s")
