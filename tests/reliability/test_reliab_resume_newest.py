@@ -71,6 +71,19 @@ def trial_process(driver: subprocess.Popen) -> psutil.Process | None:
     return None
 
 
+def kill_driver(driver: subprocess.Popen) -> None:
+    """SIGKILL the driver, then wait until its Ray processes are gone (ncstudy's reaper ends
+    them, tests/reliability/test_reliab_sigkill_reaper.py): until then the orphaned trial may
+    still train and write checkpoints, so the newest one is only known after."""
+    family = psutil.Process(driver.pid).children(recursive=True)
+    driver.kill()
+    driver.wait(30)
+    _, alive = psutil.wait_procs(family, timeout=150)
+    for proc in alive:  # the reaper's own test fails for these; here they would only race
+        proc.kill()
+    psutil.wait_procs(alive, timeout=30)
+
+
 class Study:
     """The study's files, its driver command and its MLflow record."""
 
@@ -128,8 +141,7 @@ def test_restarts_resume_from_the_newest_checkpoint_and_log_each_step_once(tmp_p
     wait_for(f"the retry restoring epoch {killed_at}", study.restored(killed_at), driver)
     # 2. SIGKILL of the driver: --resume restores the newest checkpoint, not Tune's saved one
     wait_for("two more epochs", study.trained_past(killed_at + 2), driver)
-    driver.kill()
-    driver.wait(30)
+    kill_driver(driver)
     killed_at = newest_epoch(study.runs)
     driver = study.start("--resume")
     wait_for(f"--resume restoring epoch {killed_at}", study.restored(killed_at), driver)

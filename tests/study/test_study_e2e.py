@@ -79,7 +79,13 @@ def test_two_worker_trials_are_logged_as_nested_mlflow_runs(tmp_path: Path) -> N
         history = mlf.get_metric_history(run.info.run_id, "val/acc1")
         assert sorted(m.step for m in history) == [1, 2]
         assert {"train/loss", "nc/nc1", "nc/erank_inter", "final/val_acc1"} <= set(run.data.metrics)
-        assert [a.path for a in mlf.list_artifacts(run.info.run_id)] == ["model", "trial.yaml"]
+        assert [a.path for a in mlf.list_artifacts(run.info.run_id)] == ["trial.yaml"]
+        # the network is the run's MLflow model `model` (a logged model, stored beside the
+        # run's artifacts in MLflow 3), written by rank 0 of the two workers
+        (logged,) = mlf.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        assert logged.name == "model"
     normface = next(r for r in children if r.info.run_name.startswith("normface"))
     assert normface.data.tags["temperature"] == "0.1"
 
