@@ -20,44 +20,49 @@ from ncstudy.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection."""
+    """Two 3x3 convolutions with a residual connection (the first `inner` wide, default planes)."""
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int):
+    def __init__(self, cin: int, planes: int, stride: int, inner: int | None = None):
         super().__init__()
+        inner = inner or planes  # a wide block widens its first convolution (wide_resnet.py)
         self.body = nn.Sequential(
-            nn.Conv2d(cin, planes, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(planes),
+            nn.Conv2d(cin, inner, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(inner),
             nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+            nn.Conv2d(inner, planes, 3, 1, 1, bias=False),
             nn.BatchNorm2d(planes),
         )
         self.shortcut = _shortcut(cin, planes * self.expansion, stride)
+        self.out_channels = planes * self.expansion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride, as torchvision's v1.5), 1x1 expand by 4."""
+    """1x1 reduce to `inner` (default planes), 3x3 (carrying the stride, as torchvision's v1.5),
+    1x1 expand to 4 x planes."""
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int):
+    def __init__(self, cin: int, planes: int, stride: int, inner: int | None = None):
         super().__init__()
+        inner = inner or planes  # a wide block widens its two first convolutions
         out = planes * self.expansion
         self.body = nn.Sequential(
-            nn.Conv2d(cin, planes, 1, bias=False),
-            nn.BatchNorm2d(planes),
+            nn.Conv2d(cin, inner, 1, bias=False),
+            nn.BatchNorm2d(inner),
             nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(planes),
+            nn.Conv2d(inner, inner, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(inner),
             nn.ReLU(inplace=True),
-            nn.Conv2d(planes, out, 1, bias=False),
+            nn.Conv2d(inner, out, 1, bias=False),
             nn.BatchNorm2d(out),
         )
         self.shortcut = _shortcut(cin, out, stride)
+        self.out_channels = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))

@@ -22,53 +22,15 @@ import torch
 from torch import nn
 
 from ncstudy.models.registry import register_model
-from ncstudy.models.resnet import _shortcut
+from ncstudy.models.resnet import BasicBlock, Bottleneck
 
 STAGE_PLANES = (64, 128, 256, 512)  # each stage's output planes (x4 for bottlenecks): fixed
 BLOCKS = {50: (3, 4, 6, 3), 18: (2, 2, 2, 2)}
 STANDARD_WIDTH = 128  # the "-2" networks: twice the plain ResNet's inner width
 
 
-class WideBottleneck(nn.Module):
-    """1x1 to `inner`, 3x3 (carrying the stride) at `inner`, 1x1 expand to 4 x planes."""
-
-    def __init__(self, cin: int, planes: int, inner: int, stride: int):
-        super().__init__()
-        out = 4 * planes
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, inner, 1, bias=False),
-            nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(inner, inner, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(inner, out, 1, bias=False),
-            nn.BatchNorm2d(out),
-        )
-        self.shortcut = _shortcut(cin, out, stride)
-        self.out_channels = out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
-class WideBasicBlock(nn.Module):
-    """3x3 to `inner` (carrying the stride), 3x3 back to `planes`, residual connection."""
-
-    def __init__(self, cin: int, planes: int, inner: int, stride: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, inner, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(inner),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(inner, planes, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(planes),
-        )
-        self.shortcut = _shortcut(cin, planes, stride)
-        self.out_channels = planes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
+# Wide blocks: ResNet's with a wider inner width, (cin, planes, stride, inner)
+WideBottleneck, WideBasicBlock = Bottleneck, BasicBlock
 
 
 def _stem(cifar: bool, in_channels: int) -> list[nn.Module]:
@@ -91,7 +53,8 @@ class WideResNet(nn.Module):
         cin = 64
         for i, (planes, n) in enumerate(zip(STAGE_PLANES, BLOCKS[depth], strict=True)):
             for j in range(n):
-                layers.append(block(cin, planes, width * 2**i, 2 if (j == 0 and i > 0) else 1))
+                stride = 2 if (j == 0 and i > 0) else 1
+                layers.append(block(cin, planes, stride, inner=width * 2**i))
                 cin = layers[-1].out_channels
         self.body = nn.Sequential(*_stem(cifar_stem, in_channels), *layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
