@@ -191,27 +191,38 @@ class ShortTrialErrors(logging.Filter):
         return True
 
 
+# Set while a Tuner runs without --verbose: Tune's legacy reporter (verbosity 0 prints nothing)
+# instead of its default one, which prints a config box and a TensorBoard hint even at verbosity
+# 0 (ray/tune/experimental/output.py, read at each fit); and no warning that the experiment
+# state was snapshotted twice within 5 s (ray/tune/execution/experiment_state.py: short trials
+# that checkpoint every epoch, with num_to_keep set, force a snapshot each time; 0 turns it off).
+QUIET_TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
 @contextmanager
 def tune_output(verbose: bool) -> Iterator[None]:
-    """While a Tuner runs, without `verbose`: Tune's legacy reporter (verbosity 0 prints
-    nothing) instead of its default one, which prints a config box and a TensorBoard hint even
-    at verbosity 0 (ray/tune/experimental/output.py, read at each fit), and a failed trial's
-    error in one line (ShortTrialErrors)."""
-    name = "RAY_AIR_NEW_OUTPUT"
-    before = os.environ.get(name)
+    """While a Tuner runs, without `verbose`: the environment of QUIET_TUNE_ENV (a value the
+    user set is kept) and a failed trial's error in one line (ShortTrialErrors)."""
+    before = {name: os.environ.get(name) for name in QUIET_TUNE_ENV}
     controller = logging.getLogger(TUNE_CONTROLLER_LOGGER)
     short = ShortTrialErrors()
     if not verbose:
-        os.environ[name] = "0"
+        os.environ["RAY_AIR_NEW_OUTPUT"] = QUIET_TUNE_ENV["RAY_AIR_NEW_OUTPUT"]
+        for name, value in QUIET_TUNE_ENV.items():
+            os.environ.setdefault(name, value)
         controller.addFilter(short)
     try:
         yield
     finally:
         controller.removeFilter(short)
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def quiet_libraries(verbose: bool) -> None:

@@ -41,7 +41,7 @@ class RunLogger:
         """Log the trial's data as MLflow dataset inputs, one per split (`sizes`: split ->
         samples); `dataset` is the trial's dataset section (JSON)."""
         if self.run is not None:
-            self.client.log_inputs(self.run.run_id, datasets=dataset_inputs(dataset, sizes))
+            log_inputs(self.client, self.run.run_id, dataset_inputs(dataset, sizes))
 
     @contextlib.contextmanager
     def system_metrics(self, enabled: bool) -> Iterator[None]:
@@ -75,6 +75,27 @@ class RunLogger:
         inputs `example`)."""
         if self.run is not None:
             log_trial_model(self.run.tracking_uri, self.run.run_id, net, meta, example)
+
+
+def log_inputs(client: Any, run_id: str, inputs: list[Any], attempts: int = 3) -> None:
+    """client.log_inputs, again when another trial inserted the same dataset in between: MLflow's
+    SQL store looks a dataset up, then inserts it, so two trials of one experiment starting
+    together can both insert it; the loser's unique-constraint error fails its trial (seen:
+    two digits trials on 2 cores). A second call finds the row and only links it to the run."""
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as err:
+            if attempt + 1 == attempts or not _duplicate_dataset(err):
+                raise
+
+
+def _duplicate_dataset(err: BaseException) -> bool:
+    """The error of a dataset row inserted twice (SQLAlchemy's IntegrityError on `datasets`,
+    through the SQL store or a tracking server's message)."""
+    text = f"{err} {err.__cause__}".lower()
+    return "unique constraint" in text and "datasets" in text
 
 
 SPLITS = {"train": "training", "val": "validation", "test": "test"}  # MLflow's context names

@@ -98,6 +98,32 @@ def test_tune_output_switches_to_the_silent_reporter_and_back(
         assert "RAY_AIR_NEW_OUTPUT" not in os.environ
 
 
+def test_quiet_tune_turns_off_the_snapshot_warning_ray_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's experiment-state manager reads the threshold when built (inside the fit): 0 inside
+    the quiet block, Ray's 5 s with --verbose, and a user's own value is kept."""
+    # Ray's private manager: the object whose warning the console would show
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    name = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+    def threshold() -> float:
+        manager = _ExperimentCheckpointManager(storage=None, checkpoint_period="auto")
+        return manager._excessive_sync_threshold
+
+    monkeypatch.delenv(name, raising=False)
+    with tune_output(verbose=False):
+        assert threshold() == 0.0
+    assert name not in os.environ
+    with tune_output(verbose=True):
+        assert threshold() == 5.0
+    monkeypatch.setenv(name, "2")
+    with tune_output(verbose=False):
+        assert threshold() == 2.0
+    assert os.environ[name] == "2"
+
+
 def test_a_failed_trial_s_tune_error_becomes_one_plain_line() -> None:
     """What Ray's RayTaskError prints: a coloured task name, a traceback, the cause last."""
     logger = logging.getLogger(progress.TUNE_CONTROLLER_LOGGER)
