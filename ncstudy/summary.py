@@ -21,6 +21,8 @@ class TrialRow:
     best_val_acc1: float | None
     reason: str | None
     final_train_loss: float | None = None
+    final_train_acc1: float | None = None
+    final_test_acc1: float | None = None
 
 
 def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec] | None) -> list[TrialRow]:
@@ -47,6 +49,8 @@ def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec] | None) -> l
                 m.get("best/val_acc1"),
                 run.data.tags.get(tracking.REASON_TAG),
                 m.get("train/loss"),
+                m.get("train/acc1"),
+                m.get("final/test_acc1"),
             )
         )
     return rows
@@ -54,7 +58,8 @@ def summarize(mlf: Any, experiment_id: str, trials: list[TrialSpec] | None) -> l
 
 def format_summary(rows: list[TrialRow]) -> str:
     """The end-of-study table: key, status, final and best validation accuracy, and the last
-    training loss (where a temperature shows even when accuracies tie)."""
+    training loss (where a temperature shows even when accuracies tie). A study without a
+    validation split (dataset.val_fraction 0) shows the final training and test accuracy."""
 
     def pct(v: float | None) -> str:
         return "-" if v is None or not math.isfinite(v) else f"{100 * v:.2f}"
@@ -62,10 +67,16 @@ def format_summary(rows: list[TrialRow]) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
-    header = ("trial", "status", "final val acc1 %", "best val acc1 %", "final train loss")
+    no_val = all(r.final_val_acc1 is None and r.best_val_acc1 is None for r in rows)
+    if no_val and any(r.final_train_acc1 is not None for r in rows):
+        header = ("trial", "status", "final train acc1 %", "final test acc1 %", "final train loss")
+        accs = [(r.final_train_acc1, r.final_test_acc1) for r in rows]
+    else:
+        header = ("trial", "status", "final val acc1 %", "best val acc1 %", "final train loss")
+        accs = [(r.final_val_acc1, r.best_val_acc1) for r in rows]
     body = [
-        (r.key, r.status, pct(r.final_val_acc1), pct(r.best_val_acc1), num(r.final_train_loss))
-        for r in rows
+        (r.key, r.status, pct(a), pct(b), num(r.final_train_loss))
+        for r, (a, b) in zip(rows, accs, strict=True)
     ]
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     lines = [
