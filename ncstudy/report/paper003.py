@@ -191,7 +191,8 @@ def learning_curves(
     settings = list(dict.fromkeys(done.setting))
     fig = Figure(figsize=(8, 3.0 * len(settings)), layout="constrained")
     axes = fig.subplots(len(settings), 2, squeeze=False)
-    reached = []
+    reached: list[str] = []
+    final_nc1: list[str] = []
     for row, setting in zip(axes, settings, strict=True):
         sel = done[done.setting == setting]
         for ax, (metric, title, scale) in zip(row, panels, strict=True):
@@ -209,16 +210,18 @@ def learning_curves(
                     alpha=0.25,
                     color=line.get_color(),
                 )
+                where = f" ({setting})" if len(settings) > 1 else ""  # UFM: one setting
                 if metric == "train/acc1":
-                    where = f" ({setting})" if len(settings) > 1 else ""  # UFM: one setting
                     reached.append(_first_full(wide.mean(axis=1), loss + where))
+                else:
+                    final_nc1.append(f"{loss}{where} {wide.mean(axis=1).iloc[-1]:.3g}")
             ax.set(xlabel=step, title=title if len(settings) == 1 else f"{title} ({setting})")
             if metric == "nc/nc1":
                 ax.set_yscale("log")
         row[0].legend()
     path = _save(fig, out_dir / f"paper003_{name}.png")
     return FigureFile(
-        path.stem, f"Paper 003: Figure {name[-1]}", _curve_caption(name, reached), path
+        path.stem, f"Paper 003: Figure {name[-1]}", _curve_caption(name, reached, final_nc1), path
     )
 
 
@@ -230,7 +233,7 @@ def _first_full(mean_acc: pd.Series, label: str) -> str:
     return f"{label}: {mean_acc.iloc[-1]:.1f} % at the end"
 
 
-def _curve_caption(name: str, reached: list[str]) -> str:
+def _curve_caption(name: str, reached: list[str], final_nc1: list[str]) -> str:
     paper = {
         "figure5": f"{PAPER}, Figure 5 (UFM, K = 100, n = 30, 10 trials of gradient descent): "
         "normalised features reach 100 % training accuracy and a smaller NC1 sooner than "
@@ -239,4 +242,5 @@ def _curve_caption(name: str, reached: list[str]) -> str:
         "ResNet-18 fits the training set 10-20 epochs sooner and ResNet-50 exceeds 90 % "
         "training accuracy where the penalised one trains slowly; NC1 is smaller.",
     }[name]
-    return f"{paper} This run (mean over seeds, min-max shaded): {'; '.join(reached)}."
+    nc1 = f"; NC1 at the end: {', '.join(final_nc1)}" if final_nc1 else ""
+    return f"{paper} This run (mean over seeds, min-max shaded): {'; '.join(reached)}{nc1}."

@@ -19,8 +19,7 @@ from ncstudy.report.paper003 import normface_bound
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
-# study -> overrides that keep the run to seconds (same shape as the shipped one); the speed
-# study (Figure 5) is left out for time: its figure is learning_curves, tested without Ray
+# study -> overrides that keep the run to seconds (same shape as the shipped one)
 SHRINK = {
     "paper003_ufm_sphere_2d_cpu": {
         "ufm": {"K": 100, "d": 2, "n_per_class": 5, "iterations": 150, "memory": 0},
@@ -38,6 +37,16 @@ SHRINK = {
         "train": {"epochs": 2, "lr": 0.1, "base_batch_size": 64},
         "grid": {"temperature": [0.1], "batch_size": [40], "seed": [0],
                  "axes": {"model.width": [2, 4]}},
+    },
+    "paper003_ufm_speed_cpu": {
+        "ufm": {"K": 6, "d": 6, "n_per_class": 3, "variant": "spherical", "iterations": 40,
+                "memory": 0},
+        "grid": {"temperature": [1.0], "seed": [0, 1]},
+        "evaluation": {"every": 20, "max_intra_classes": 6},
+    },
+    "paper003_norm_vs_penalty_cpu": {
+        "train": {"epochs": 2, "lr": 0.1, "base_batch_size": 64, "weight_decay": 5.0e-4},
+        "grid": {"temperature": [0.1], "batch_size": [32], "seed": [0, 1]},
     },
 }  # fmt: skip
 
@@ -110,12 +119,15 @@ def test_paper003_cpu_studies_report_the_papers_figures(tmp_path: Path) -> None:
     )
     assert max(gaps) < 1e-3  # the optimum is reached
 
-    # Figure 4 (Figures 5-6 share learning_curves, tested on hand-made histories)
+    # Figure 4
     text = _captions(out / "paper003_width_random_labels_cpu")
     assert "(figures/paper003_figure4.png)" in text
     runs = _runs(mlf, "paper003_width_random_labels_cpu")
     acc = runs["normface-t0.1-b40-width2-s0"].data.metrics["train/acc1"]
     assert f"width 2: {100 * acc:.1f} %" in text
+
+    _check_learning_curves(mlf, out, "paper003_ufm_speed_cpu", "figure5")
+    _check_learning_curves(mlf, out, "paper003_norm_vs_penalty_cpu", "figure6")
 
     # random labels: the recorded permutation is the seeded one
     rec = mlf.download_artifacts(
@@ -125,3 +137,20 @@ def test_paper003_cpu_studies_report_the_papers_figures(tmp_path: Path) -> None:
     perm = np.random.default_rng(0).permutation(len(record["labels"]))
     assert record["permutation"] == perm.tolist()
     assert np.array_equal(np.asarray(record["true_labels"])[perm], record["labels"])
+
+
+def _final_means(runs: dict, loss: str, metric: str) -> float:
+    return float(np.mean([r.data.metrics[metric] for k, r in runs.items() if k.startswith(loss)]))
+
+
+def _check_learning_curves(mlf: MlflowClient, out: Path, name: str, figure: str) -> None:
+    """Figures 5 and 6: per loss, the caption's final training accuracy (or the step of 100 %)
+    and final NC1 are the means over seeds of MLflow's histories' last points."""
+    runs = _runs(mlf, name)
+    text = _captions(out / name)
+    assert f"(figures/paper003_{figure}.png)" in text
+    for loss in ("normface", "ce"):
+        acc = 100 * _final_means(runs, loss, "train/acc1")
+        nc1 = _final_means(runs, loss, "nc/nc1")
+        assert f"{loss}: {acc:.1f} % at the end" in text or f"{loss}: 100 % at step" in text
+        assert f"{loss} {nc1:.3g}" in text.split("NC1 at the end:")[1]
