@@ -31,14 +31,29 @@ def train_split_size(spec: Any) -> int | None:
     if spec.name == "digits":
         labels = np.repeat(np.arange(10, dtype=np.int64), DIGITS_PER_CLASS)
         train, _, _ = digits_splits(labels, spec)
-        return len(train)
+        return _in_classes(spec, labels[train])
     counts = _train_class_counts(spec)
     if counts is None:
         return None
     labels = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     # the test part is discarded: the training labels stand in for it (test_per_class applies)
     train, _, _ = split_official(labels, labels, len(counts), spec)
-    return len(train)
+    return _in_classes(spec, labels[train])
+
+
+def _in_classes(spec: Any, train_labels: np.ndarray) -> int:
+    """How many training labels `dataset.classes` keeps (all without it): the subset is taken
+    after the split (ncstudy/data/class_subset.py), so it is counted the same way here."""
+    if not getattr(spec, "classes", None):
+        return len(train_labels)
+    # torch (class_subset's datasets): see the module docstring
+    from ncstudy.data.class_subset import class_indices, folder_named
+
+    names = None
+    if folder_named(spec) and spec.root is not None:  # imagefolder: its sorted class folders
+        train_dir = Path(spec.root).expanduser() / "train"
+        names = tuple(sorted(e.name for e in os.scandir(train_dir) if e.is_dir()))
+    return int(np.isin(train_labels, class_indices(spec, names)).sum())
 
 
 def _train_class_counts(spec: Any) -> list[int] | None:
