@@ -115,7 +115,8 @@ def check_tracking_uri(tracking_uri: str, shared_fs: bool | None = None) -> None
         shared_fs = _shared_fs_from_env()
     if not shared_fs:
         raise ValueError(
-            f"the MLflow store {tracking_uri} is a local file, but ncstudy is connected to an "
+            f"the MLflow store {tracking.shown_uri(tracking_uri)}"
+            " is a local file, but ncstudy is connected to an "
             "existing Ray cluster whose trials may run on other nodes; set MLFLOW_TRACKING_URI to "
             f"an MLflow server (http://HOST:5000, see infra/README.md), or set {SHARED_FS_ENV}=1 "
             "if that file is on a filesystem every node mounts at the same place"

@@ -37,12 +37,13 @@ def check_can_start(
         if marker.exists():
             raise StudyError(
                 f"--resume: {study.study_dir} holds study '{study.name}' but the MLflow store "
-                f"{paths.tracking_uri} has no run of it; set MLFLOW_TRACKING_URI to the store "
+                f"{tracking.shown_uri(paths.tracking_uri)}"
+                " has no run of it; set MLFLOW_TRACKING_URI to the store "
                 "the study used, or remove that folder to start the study afresh"
             )
         raise StudyError(
             f"--resume: study '{study.name}' has no previous run in {study.study_dir} or in "
-            f"the MLflow store {paths.tracking_uri}; run it without --resume"
+            f"the MLflow store {tracking.shown_uri(paths.tracking_uri)}; run it without --resume"
         )
     mlf, experiment_id, parent = record
     stored = tracking.logged_study_yaml(mlf, parent.info.run_id)
@@ -73,9 +74,10 @@ def _refuse_existing(study: StudySpec, paths: StudyPaths, in_store: bool, in_fol
     """A new study (no --resume) may not reuse the name of one the store or folder holds."""
     if in_store:
         raise StudyError(
-            f"study '{study.name}' already exists: the MLflow store {paths.tracking_uri} "
-            f"holds its runs (experiment '{study.name}'); pass --resume to finish its "
-            "unfinished trials, or choose another study name"
+            f"study '{study.name}' already exists: the MLflow store "
+            f"{tracking.shown_uri(paths.tracking_uri)} holds its runs (experiment "
+            f"'{study.name}'); pass --resume to finish its unfinished trials, or choose another "
+            "study name"
         )
     if in_folder:
         raise StudyError(
@@ -93,7 +95,8 @@ def _study_record(name: str, tracking_uri: str) -> tuple[Any, str, Any] | None:
         return tracking.find_study_run(tracking_uri, name)
     except MlflowException as err:
         raise StudyError(
-            f"cannot read the MLflow store {tracking_uri} ({err.message.splitlines()[0]}); "
+            f"cannot read the MLflow store {tracking.shown_uri(tracking_uri)}"
+            f" ({err.message.splitlines()[0]}); "
             "check MLFLOW_TRACKING_URI and that the server is up"
         ) from None
     except ValueError as err:  # a deleted experiment that still holds the name

@@ -27,6 +27,7 @@ from ncstudy.diskspace import check_free_space
 from ncstudy.paths import StudyError, StudyPaths
 from ncstudy.progress import quiet_libraries
 from ncstudy.summary import format_summary, mlflow_ui_command
+from ncstudy.tracking import shown_uri
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +183,7 @@ def resume_command(args: argparse.Namespace) -> str:
 
 def header(study: StudySpec, trials: Sequence[TrialSpec], paths: StudyPaths) -> str:
     """What a run prints first: the study, how many trials, where its results go."""
-    where = f"-> {paths.study_dir}  (runs: {paths.tracking_uri})"
+    where = f"-> {paths.study_dir}  (runs: {shown_uri(paths.tracking_uri)})"
     if study.search is None:
         return f"study '{study.name}': {len(trials)} trials {where}"
     from ncstudy.search import n_trials  # optuna and ray: only for searches

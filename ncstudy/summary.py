@@ -104,7 +104,7 @@ def mlflow_ui_command(paths: StudyPaths, study_name: str | None = None) -> str:
     """The exact command that opens the MLflow UI on this study's store (localhost only) and,
     once the study has an experiment, the link to its runs table on its own line."""
     found = tracking.find_study_run(paths.tracking_uri, study_name) if study_name else None
-    uri = paths.tracking_uri
+    uri = tracking.shown_uri(paths.tracking_uri)
     if not uri.startswith("sqlite:"):  # an MLflow server: its own address serves the UI
         web = uri.startswith(("http://", "https://"))
         return runs_view_url(uri, found[1]) if found and web else f"open {uri} (MLflow server)"

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
@@ -24,6 +25,31 @@ STOPPED_AT_TAG = "ncstudy.stopped_at_epoch"  # the epoch a pruned trial's run st
 NOTE_TAG = "mlflow.note.content"  # MLflow's description of an experiment or a run
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 GIT_COMMIT_ENV = "NCSTUDY_GIT_COMMIT"
+
+
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "token", "secret", "key", "sig")
+
+
+def shown_uri(tracking_uri: str) -> str:
+    """The tracking URI as printed in consoles, errors and reports: a password in it
+    (postgresql://user:PASSWORD@host/db, https://user:PASSWORD@host) and secret-looking query
+    values (?token=...) become ***, so no credential reaches a terminal log or a report file."""
+    parts = urlsplit(tracking_uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}{sep and ':***'}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        hidden = [
+            (k, "***" if any(w in k.lower() for w in SECRET_QUERY_KEYS) else v) for k, v in pairs
+        ]
+        query = urlencode(hidden, safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return tracking_uri
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def client(tracking_uri: str) -> Any:

@@ -35,6 +35,7 @@ from ncstudy.report.tables import (
     trials_table,
     unavailable,
 )
+from ncstudy.tracking import shown_uri
 
 ARTIFACT_DIR = "report"
 
@@ -153,7 +154,7 @@ def write_report(data: StudyData, out_dir: Path, log_to_mlflow: bool = True) -> 
 
     meta = [
         f"Study '{data.name}' — {status_line(data)}.",
-        f"MLflow: {data.tracking_uri}, experiment {data.experiment_id}, parent run "
+        f"MLflow: {shown_uri(data.tracking_uri)}, experiment {data.experiment_id}, parent run "
         f"{data.parent_run_id or '(none)'}.",
         selection_line(data.spec),
         f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by python -m ncstudy.report.",

@@ -107,7 +107,8 @@ def load_study_data(
     if exp is None:
         known = sorted(e.name for e in mlf.search_experiments() if e.name != "Default")
         raise ReportError(
-            f"study {name!r} is not in the MLflow store {tracking_uri}; studies there: "
+            f"study {name!r} is not in the MLflow store {tracking.shown_uri(tracking_uri)}"
+            "; studies there: "
             f"{', '.join(known) or 'none'}"
         )
     runs = mlf.search_runs([exp.experiment_id], max_results=50000)

@@ -132,7 +132,9 @@ def study_view(tracking_uri: str, study_name: str) -> tuple[str, dict, list[str]
     """(experiment id, view state, trial run names, metric columns) of a study in its store."""
     found = tracking.find_study_run(tracking_uri, study_name)
     if found is None:
-        raise ValueError(f"no study '{study_name}' in {tracking_uri}: run it first")
+        raise ValueError(
+            f"no study '{study_name}' in {tracking.shown_uri(tracking_uri)}: run it first"
+        )
     mlf, experiment_id, parent = found[0], found[1], found[2]
     runs = tracking.find_runs(mlf, experiment_id, tracking.ROLE_TAG, "trial")
     logged = {k for r in runs for k in r.data.metrics}
