@@ -23,6 +23,8 @@ FOLDER = "stl10_binary"
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 SIDE = 96
 SPLITS = ("train", "test")
+# class_names.txt of the archive, in label order
+CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 
 
 def stl10_root(root: str | None) -> Path:

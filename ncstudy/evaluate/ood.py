@@ -24,7 +24,8 @@ from torchvision import transforms as T
 
 from ncstudy.data.class_subset import CLASS_NAMES, class_indices
 from ncstudy.data.registry import dataset_facts
-from ncstudy.data.stl10 import load_stl10
+from ncstudy.data.stl10 import CLASSES as STL10_CLASSES
+from ncstudy.data.stl10 import STL10Split, load_stl10, stl10_root
 from ncstudy.evaluate.corruptions import evenly_spaced
 from ncstudy.evaluate.passes import accuracy, shard_loader
 
@@ -167,3 +168,23 @@ def trial_ood(
         world_size=world,
         batch_size=trial.evaluation.eval_batch_size,
     )
+
+
+def check_ood(specs: list[Any], datasets: list[Any]) -> None:
+    """Before training (ncstudy/data/preflight.py): each OOD set's files are there (unless it
+    downloads) and its classes map to the training classes of every dataset whose class names
+    are known without loading it; ValueError / FileNotFoundError naming the field otherwise."""
+    for i, spec in enumerate(specs):
+        field = f"evaluation.ood[{i}]"
+        for d in datasets:
+            if dataset_facts(d.name).stats is None:
+                raise ValueError(
+                    f"{field}: {d.name} is not an RGB image dataset, its encoder cannot read "
+                    "STL-10 images; train on cifar10, cifar10_jpeg, ... or remove evaluation.ood"
+                )
+            names = CLASS_NAMES.get(d.name)
+            if names is not None:
+                chosen = [names[k] for k in class_indices(d, names)] if d.classes else names
+                class_map(list(STL10_CLASSES), list(chosen), spec.classes, field)
+        if not spec.download:
+            STL10Split(stl10_root(spec.root), spec.split, field=f"{field}.root")
