@@ -4,7 +4,9 @@ head, classifies the OOD test images with the prediction rule of its test accura
 
 Labels are mapped to the training classes by class name: the dataset's `classes` mapping first,
 else the same name, else ALIASES (STL-10's `car` is CIFAR-10's `automobile`). Images of a class
-with no training class (STL-10's `monkey`) are dropped and counted. The images are resized
+with no training class (STL-10's `monkey`) are dropped and counted; the network still predicts
+over all its training classes, so a prediction of a class the OOD set lacks (CIFAR-10's `frog`)
+counts as an error. The images are resized
 (short side) and centre-cropped to the trial's input size and normalised with the training
 dataset's statistics. Each rank scores its shard `rank::world_size`; counts are summed over
 ranks, so the accuracy does not depend on the number of workers.
