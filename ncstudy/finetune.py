@@ -1,6 +1,7 @@
 """`model.init_from`: start a trial's encoder from trained weights (fine-tuning, e.g. Jiang et
-al.'s CMF fine-tuning): a state_dict file, or `runs:/<run_id>`, the MLflow model (`model/`) a
-finished trial logged to this study's MLflow store. Only the encoder is taken; the loss's head
+al.'s CMF fine-tuning): a state_dict file, `runs:/<run_id>`, the MLflow model (`model/`) a
+finished trial logged to this study's MLflow store, or `torchvision:<WeightsEnum>`, torchvision's
+pretrained weights (ncstudy/pretrained.py). Only the encoder is taken; the loss's head
 (a classifier, CMF rows) starts fresh."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ncstudy.pretrained import PREFIX as TORCHVISION_PREFIX
+from ncstudy.pretrained import torchvision_encoder_state
 from ncstudy.targets import RunTarget
 from ncstudy.trained import load_trial_model
 
@@ -18,7 +21,10 @@ RUNS_PREFIX = "runs:/"
 
 def init_encoder(encoder: nn.Module, init_from: str, run: RunTarget | None) -> None:
     """Load the encoder weights `init_from` names into `encoder` (every key must match)."""
-    state = encoder_state(read_state(init_from, run))
+    if init_from.startswith(TORCHVISION_PREFIX):  # torchvision's pretrained weights
+        state = torchvision_encoder_state(init_from, encoder)
+    else:
+        state = encoder_state(read_state(init_from, run))
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ncstudy.config.ood import OODDatasetSpec, distinct_keys
 from ncstudy.config.sections import MAX_EPOCHS, MAX_IMAGE_SIZE, BatchSize, Epochs, Seed, Strict
 
 
@@ -220,6 +221,10 @@ class EvaluationSpec(Strict):
     transfer: TransferSpec | None = None
     longtail: LongTailEvalSpec = Field(default_factory=LongTailEvalSpec)
     corruptions: CorruptionSpec | None = None
+    ood: list[OODDatasetSpec] | None = Field(
+        None, min_length=1, description="out-of-distribution test sets (ncstudy/evaluate/ood.py)"
+    )
+    _ood_keys = field_validator("ood")(distinct_keys)
     every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between evaluations")
     checkpoint_every: int | None = Field(
         None,

@@ -143,8 +143,9 @@ class ModelSpec(Strict):
     )
     init_from: str | None = Field(
         None,
-        description="initialise the encoder (fine-tuning): a state_dict file, or runs:/<run_id> "
-        "(a finished trial's MLflow model/ in this study's tracking store)",
+        description="initialise the encoder (fine-tuning): a state_dict file, runs:/<run_id> "
+        "(a finished trial's MLflow model/ in this study's tracking store), or "
+        "torchvision:<WeightsEnum> (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2)",
     )
 
     @field_validator("name")

@@ -35,6 +35,8 @@ def _check_paths(study: StudySpec) -> None:
     for spec in datasets:
         _check_dataset(spec)
     ev = study.evaluation
+    if ev.ood is not None:
+        _check_ood(ev.ood, datasets)
     if ev.transfer is None and ev.corruptions is None:
         return
     if any(d.name == "digits" for d in datasets):
@@ -230,6 +232,15 @@ def _check_ffcv(spec: Any) -> None:
             f"{path} does not exist; write it with `python -m data_prep.write_beton --dataset "
             f"{spec.name} --out {path.parent}` (add --root for file-based datasets)",
         )
+
+
+def _check_ood(specs: list[Any], datasets: list[Any]) -> None:
+    from ncstudy.evaluate.ood import check_ood  # torch, torchvision: see the module docstring
+
+    try:
+        check_ood(specs, datasets)
+    except (ValueError, FileNotFoundError) as err:
+        raise SpecError(str(err)) from None
 
 
 def _check_transfer(ds: Any, field: str) -> None:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ncstudy.data.registry import dataset_facts
 from ncstudy.evaluate.corruptions import corruption_errors
 from ncstudy.evaluate.longtail import is_imbalanced, longtail_accuracies, shard_class_counts
+from ncstudy.evaluate.ood import trial_ood
 from ncstudy.evaluate.transfer import transfer_accuracies
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ def downstream_plan(
     if ev.longtail.enabled:
         counts = shard_class_counts(loaders["train"], num_classes, device)
         counts = counts if is_imbalanced(counts) else None
-    return counts, counts is not None or ev.transfer is not None or ev.corruptions is not None
+    later = (ev.transfer, ev.corruptions, ev.ood)
+    return counts, counts is not None or any(x is not None for x in later)
 
 
 def evaluate_downstream(
@@ -54,6 +56,8 @@ def evaluate_downstream(
         out.update(_transfer(encoder, criterion, trial, test_set, device))
     if ev.corruptions is not None:
         out.update(_corruptions(encoder, criterion, trial, test_set, device))
+    if ev.ood is not None:  # out-of-distribution accuracy (ncstudy/evaluate/ood.py)
+        out.update(trial_ood(encoder, criterion, trial, test_set, device))
     return out
 
 

@@ -19,6 +19,7 @@ from ncstudy.report.html import METRICS_DOC, render_index
 from ncstudy.report.load import StudyData, open_client
 from ncstudy.report.markdown import table_markdown, write_tables
 from ncstudy.report.nc_tables import nc_final, nc_trials
+from ncstudy.report.paper002_finetune import finetune_table
 from ncstudy.report.probe_table import probe_protocols
 from ncstudy.report.search_view import is_search, search_figures, search_tables
 from ncstudy.report.table7 import convergence
@@ -76,6 +77,8 @@ def all_tables(trials: pd.DataFrame) -> list[Table]:
         ("nc_trials", "NC metrics of every trial", lambda: nc_trials(trials), None),
         ("downstream", "Downstream evaluations (Tables 4-6)",
          lambda: downstream_tables(trials), chosen),
+        ("finetune_ood", "Fine-tuning: ID and OOD accuracy (Jiang et al. Sec. 5)",
+         lambda: finetune_table(trials), None),
     ]  # fmt: skip
     tables = []
     for name, title, build, reason in parts:

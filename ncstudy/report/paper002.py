@@ -6,7 +6,9 @@
   accuracy against the feature dimension d;
 - Figure 4: the 2-D test features and classifier arrows of each d = 2 trial (its
   `features/test_2d.npz` artifact, ncstudy/feature_log.py);
-- Figure 5: train and test accuracy against epochs, learned classifier vs CMF.
+- Figure 5: train and test accuracy against epochs, learned classifier vs CMF;
+- Section 5's fine-tuning (CIFAR-10 -> STL-10): a table, ID and OOD accuracy per loss
+  (ncstudy/report/paper002_finetune.py, listed with the report's tables).
 
 Figures 2-3 only for a study with a trial in the K > d + 1 regime (the paper's subject). Each
 caption puts what the paper shows at full scale beside what this run measured.
