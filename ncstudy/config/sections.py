@@ -76,6 +76,11 @@ class DatasetSpec(Strict):
     classes: list[int | str] | None = Field(
         None, description="only these classes (indices or names), relabelled 0..k-1 in this order"
     )
+    normalization: Literal["dataset", "imagenet"] = Field(
+        "dataset",
+        description="the per-channel statistics images are normalised with: the dataset's own, "
+        "or ImageNet's (an encoder started from ImageNet weights, model.init_from: torchvision:)",
+    )
     loader: Literal["torchvision", "ffcv"] = "torchvision"
     beton_dir: str | None = Field(None, description="folder of the FFCV .beton files")
     num_workers: int = Field(

@@ -16,7 +16,7 @@ from torchvision import datasets
 
 from ncstudy.data.bundle import DataBundle
 from ncstudy.data.images import ImageSource, make_bundle
-from ncstudy.data.registry import dataset_facts
+from ncstudy.data.registry import input_stats
 
 ARCHIVES = {
     "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
@@ -58,7 +58,7 @@ def _builder(name: str, which: str) -> Callable[[Any, int], DataBundle]:
         train, test = load_cifar(which, cifar_root(spec), spec.download)
         size = spec.image_size or 32
         resize = None if size == 32 else size  # other sizes: resize the 32 px images for eval
-        stats = dataset_facts(name).stats
+        stats = input_stats(spec)
         assert stats is not None  # the registry gives every CIFAR its statistics
         return make_bundle(spec, train, test, stats, size, resize, which)
 

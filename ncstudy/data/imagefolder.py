@@ -21,7 +21,7 @@ from ncstudy.data import transforms as tf
 from ncstudy.data.bundle import DataBundle
 from ncstudy.data.imagenet100 import check_imagenet100_tree
 from ncstudy.data.images import ImageSource, make_bundle
-from ncstudy.data.registry import dataset_facts
+from ncstudy.data.registry import dataset_facts, input_stats
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 TEST_SPLITS = ("val", "test")  # ImageNet calls its held-out split val, the CIFAR copy test
@@ -157,8 +157,8 @@ def folder_bundle(
     return make_bundle(spec, train, test, stats, size, resize, beton_name)
 
 
-def _stats(name: str) -> tf.Stats:
-    stats = dataset_facts(name).stats
+def _stats(spec: Any) -> tf.Stats:
+    stats = input_stats(spec)
     assert stats is not None  # the registry gives every image dataset its statistics
     return stats
 
@@ -172,7 +172,7 @@ def _classes(name: str) -> int:
 def build_imagefolder(spec: Any, seed: int) -> DataBundle:
     """Any ImageFolder tree; ImageNet statistics, 224 px unless `image_size` says otherwise."""
     root = Path(spec.root).expanduser()
-    return folder_bundle(spec, root, _stats("imagefolder"), 224, "imagefolder")
+    return folder_bundle(spec, root, _stats(spec), 224, "imagefolder")
 
 
 def _imagenet_builder(name: str) -> Callable[[Any, int], DataBundle]:
@@ -184,7 +184,7 @@ def _imagenet_builder(name: str) -> Callable[[Any, int], DataBundle]:
         root = Path(spec.root).expanduser()
         if name == "imagenet100":  # the standard subset, not any 100 classes
             check_imagenet100_tree(root / "train")
-        return folder_bundle(spec, root, _stats(name), 224, name, classes)
+        return folder_bundle(spec, root, _stats(spec), 224, name, classes)
 
     build.__doc__ = f"{name}: an ImageFolder tree with {classes} classes."
     return build
@@ -198,13 +198,13 @@ def build_cifar10_jpeg(spec: Any, seed: int) -> DataBundle:
     """A CIFAR-10 JPEG copy in ImageFolder layout (`dataset.root`, or extracted from the zip in
     $NCSTUDY_CIFAR10_ZIP): official train/test, CIFAR statistics."""
     root, classes = cifar10_jpeg_root(spec), _classes("cifar10_jpeg")
-    return folder_bundle(spec, root, _stats("cifar10_jpeg"), 32, "cifar10_jpeg", classes)
+    return folder_bundle(spec, root, _stats(spec), 32, "cifar10_jpeg", classes)
 
 
 def build_cifar10_jpeg_lt(spec: Any, seed: int) -> DataBundle:
     """The offline CIFAR-10 copy with the long-tailed profile (`imbalance_ratio`)."""
     root = cifar10_jpeg_root(spec)
-    return folder_bundle(spec, root, _stats("cifar10_jpeg_lt"), 32, "cifar10_jpeg")
+    return folder_bundle(spec, root, _stats(spec), 32, "cifar10_jpeg")
 
 
 # name -> builder (the names and facts: ncstudy.data.registry)

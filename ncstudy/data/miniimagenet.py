@@ -12,7 +12,7 @@ from typing import Any
 from ncstudy.data.bundle import DataBundle
 from ncstudy.data.imagefolder import scan_imagefolder, test_split_dir
 from ncstudy.data.images import make_bundle
-from ncstudy.data.registry import dataset_facts
+from ncstudy.data.registry import input_stats
 
 NAME = "miniimagenet"
 CLASSES = 100
@@ -43,7 +43,7 @@ def build_miniimagenet(spec: Any, seed: int) -> DataBundle:
         )
     if test.classes != train.classes:
         raise ValueError(f"dataset.root: {root}: train/ and its test split have different classes")
-    stats = dataset_facts(NAME).stats
+    stats = input_stats(spec)
     assert stats is not None  # the registry gives it ImageNet's statistics
     size = spec.image_size or SIZE
     return make_bundle(spec, train, test, stats, size, eval_resize=size)

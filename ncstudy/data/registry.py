@@ -58,6 +58,15 @@ DATASETS: dict[str, DatasetFacts] = {
 }
 
 
+def input_stats(spec: Any) -> Stats | None:
+    """The (mean, std) the images of a DatasetSpec are normalised with: its dataset's, or
+    ImageNet's with `normalization: imagenet` (None: not RGB images)."""
+    stats = dataset_facts(spec.name).stats
+    if stats is not None and getattr(spec, "normalization", "dataset") == "imagenet":
+        return IMAGENET_STATS
+    return stats
+
+
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
     return sorted(DATASETS)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ncstudy.data.registry import dataset_facts
+from ncstudy.data.registry import dataset_facts, input_stats
 from ncstudy.evaluate.corruptions import corruption_errors
 from ncstudy.evaluate.longtail import is_imbalanced, longtail_accuracies, shard_class_counts
 from ncstudy.evaluate.ood import trial_ood
@@ -71,7 +71,7 @@ def _transfer(
     """Linear transfer, with the inputs normalised by the training dataset's statistics."""
     ev, name = trial.evaluation, trial.dataset.name
     assert ev.transfer is not None
-    stats = dataset_facts(name).stats
+    stats = input_stats(trial.dataset)
     if stats is None:
         raise ValueError(
             f"evaluation.transfer: {name} has no RGB image statistics to normalise the transfer "

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from ncstudy.data.class_subset import CLASS_NAMES, class_indices
-from ncstudy.data.registry import dataset_facts
+from ncstudy.data.registry import dataset_facts, input_stats
 from ncstudy.data.stl10 import CLASSES as STL10_CLASSES
 from ncstudy.data.stl10 import STL10Split, load_stl10, stl10_root
 from ncstudy.evaluate.corruptions import evenly_spaced
@@ -151,7 +151,7 @@ def trial_ood(
 ) -> dict[str, float]:
     """`ood_accuracies` of a trial at the end of training: its training classes, its input
     size (of the test set's images) and its dataset's statistics, over all ranks."""
-    stats = dataset_facts(trial.dataset.name).stats
+    stats = input_stats(trial.dataset)
     if stats is None:
         raise ValueError(
             f"evaluation.ood: {trial.dataset.name} has no RGB image statistics to normalise the "
