@@ -49,3 +49,15 @@ def test_cpu_studies_keep_the_recipe(name: str, dataset: str, model: str, d: int
         assert data.download and data.classes is None
     else:  # no download exists: the user's ImageFolder root
         assert data.root == "~/data/miniimagenet" and len(data.classes) == 10
+
+
+@pytest.mark.parametrize(
+    "name", ["losses_equal_cifar10", "losses_equal_cifar100", "losses_equal_miniimagenet"]
+)
+def test_paper_scale_studies_flag_the_assumed_epoch_grid(name: str) -> None:
+    """Our copy of the paper names 800 epochs only (Figures 1-2, Figure 3's widest and
+    longest cell) and lacks the appendix: the other epoch values are flagged as assumed."""
+    text = " ".join((STUDIES / f"{name}.yaml").read_text().replace("#", " ").split())
+    deviations = text[text.index("Deviations, flagged:") :]
+    assert "not in our copy of the paper" in deviations and "assum" in deviations
+    assert max(t.train.epochs for t in expand(load_study(STUDIES / f"{name}.yaml"))) == 800

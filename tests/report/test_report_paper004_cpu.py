@@ -143,8 +143,8 @@ def _run(paths: list[Path]) -> None:
         ray.shutdown()
 
 
-def _widest_longest(mlf: MlflowClient, name: str) -> float:
-    """MLflow's best-validation test accuracy of the widest, longest trial (in %)."""
+def _widest_longest(mlf: MlflowClient, name: str) -> dict[str, float]:
+    """MLflow's final metrics of the widest, longest trial (Figures 1-2's, Figure 3's corner)."""
     exp = mlf.get_experiment_by_name(name)
     runs = {
         r.data.tags["ncstudy.trial_key"]: r
@@ -156,7 +156,7 @@ def _widest_longest(mlf: MlflowClient, name: str) -> float:
     loss, batch = SHRINK[name]["losses"][0]["name"], grid["batch_size"][0]
     width, epochs = grid["axes"]["model.width"][-1], grid["axes"]["train.epochs"][-1]
     top = runs[f"{loss}-b{batch}-width{width}-epochs{epochs}-s0"]
-    return 100 * top.data.metrics[paper004.TEST_AT_BEST_VAL]
+    return top.data.metrics
 
 
 @pytest.mark.slow
@@ -186,7 +186,11 @@ def test_cpu_studies_on_cifar100_and_miniimagenet_report_figures_1_to_3(
         for stem, title in FIGURES.items():
             assert f"![{title}](figures/{stem}.png)" in report, (name, stem)
             assert (out / name / "report" / "figures" / f"{stem}.png").stat().st_size > 5000
-        assert f"at the widest and longest cell {loss} {_widest_longest(mlf, name):.1f}" in report
+        final = _widest_longest(mlf, name)
+        acc = 100 * final[paper004.TEST_AT_BEST_VAL]
+        assert f"final NC1 {loss} {final['nc/nc1']:.3g};" in report  # Figure 1
+        assert f"test accuracy of the best-validation epoch {loss} {acc:.1f}." in report
+        assert f"at the widest and longest cell {loss} {acc:.1f}" in report  # Figure 3
         assert "(widths" in report and "epochs 1, 2)" in report
 
 
