@@ -1,8 +1,8 @@
-"""The CPU-sized paper-004 studies on CIFAR-100 and miniImageNet keep the paper's recipe
+"""The CPU-sized paper-004 studies on CIFAR-10, CIFAR-100 and miniImageNet keep the paper's recipe
 (section 4 of "Are All Losses Created Equal"): the four losses with its parameters, SGD 0.1 /
 0.9 / 5e-4, decay x0.1 at 3/7 and 5/7, clipping at 2, 10 % validation, best-validation test
 accuracy, the padded crop, 3 seeds, a 2 x 2 width x epochs grid with d fixed by the model; they
-read the real data (CIFAR-100 through torchvision's download, miniImageNet from its root) and
+read the real data (CIFAR through torchvision's download, miniImageNet from its root) and
 flag their deviations."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ PARAMS = {
 @pytest.mark.parametrize(
     ("name", "dataset", "model", "d"),
     [
+        ("losses_equal_cifar10_cpu", "cifar10", "small_cnn", 64),
         ("losses_equal_cifar100_cpu", "cifar100", "small_cnn", 128),
         ("losses_equal_miniimagenet_cpu", "miniimagenet", "wide_resnet18", 512),
     ],
@@ -45,7 +46,7 @@ def test_cpu_studies_keep_the_recipe(name: str, dataset: str, model: str, d: int
         assert (t.dataset.val_fraction, t.dataset.crop) == (0.1, "padded")
         assert t.evaluation.test_at_best_val
     data = trials[0].dataset
-    if dataset == "cifar100":  # all 100 classes, from torchvision's download
+    if dataset != "miniimagenet":  # all the classes, from torchvision's download
         assert data.download and data.classes is None
     else:  # no download exists: the user's ImageFolder root
         assert data.root == "~/data/miniimagenet" and len(data.classes) == 10

@@ -103,6 +103,14 @@ SHRINK = {
         "grid": {"batch_size": [32], "seed": [0],
                  "axes": {"model.width": [4, 8], "train.epochs": [1, 2]}},
     },
+    # CIFAR-10 itself: the offline JPEG copy (same images, ImageFolder layout) in its place
+    "losses_equal_cifar10_cpu": {
+        "dataset": {"name": "cifar10_jpeg", "download": False,
+                    "subset_per_class": 10, "test_per_class": 2},
+        "losses": [{"name": "focal", "params": {"gamma": 3.0}}],
+        "grid": {"batch_size": [32], "seed": [0],
+                 "axes": {"model.width": [2, 4], "train.epochs": [1, 2]}},
+    },
 }  # fmt: skip
 
 
@@ -118,8 +126,9 @@ def _cut(name: str, tmp_path: Path, root: Path) -> Path:
     return path
 
 
-def _run(paths: list[Path]) -> None:
-    """Both studies on one new local Ray instance (never another cluster)."""
+def _run(paths: list[Path], hook: Callable[[], None] | None = None) -> None:
+    """The studies on one new local Ray instance (never another cluster), each worker set up
+    by `hook`."""
     import ray  # noqa: I001  (Ray: only for the end-to-end test)
 
     from ncstudy.config import load_study
@@ -132,7 +141,7 @@ def _run(paths: list[Path]) -> None:
         logging_level="warning",
         runtime_env={
             "env_vars": {"NCSTUDY_THREADS": "1"},
-            "worker_process_setup_hook": accept_generated_cifar100(),
+            **({"worker_process_setup_hook": hook} if hook else {}),
         },
     )
     try:
@@ -174,13 +183,29 @@ def test_cpu_studies_on_cifar100_and_miniimagenet_report_figures_1_to_3(
         _cut("losses_equal_cifar100_cpu", tmp_path, cifar),
         _cut("losses_equal_miniimagenet_cpu", tmp_path, mini),
     ]
-    _run(paths)
-    out = tmp_path / "runs"
+    _run(paths, accept_generated_cifar100())
+    _check_reports(
+        tmp_path / "runs", ["losses_equal_cifar100_cpu", "losses_equal_miniimagenet_cpu"]
+    )
+
+
+@pytest.mark.slow
+def test_cifar10_cpu_study_on_the_offline_copy_reports_figures_1_to_3(tmp_path: Path) -> None:
+    from ncstudy.data.imagefolder import extract_imagefolder_zip, shared_cifar10_zip
+
+    zip_path = shared_cifar10_zip()
+    if zip_path is None or not zip_path.is_file():
+        pytest.skip(f"offline CIFAR-10 zip not found at {zip_path}")
+    root = extract_imagefolder_zip(zip_path, tmp_path / "cifar10", {"train": 10, "test": 2})
+    _run([_cut("losses_equal_cifar10_cpu", tmp_path, root)])
+    _check_reports(tmp_path / "runs", ["losses_equal_cifar10_cpu"])
+
+
+def _check_reports(out: Path, names: list[str]) -> None:
+    """Each study's report holds Figures 1-3, with the widest, longest trial's MLflow values."""
     mlf = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    for name, loss in (
-        ("losses_equal_cifar100_cpu", "ls"),
-        ("losses_equal_miniimagenet_cpu", "mse"),
-    ):
+    for name in names:
+        loss = SHRINK[name]["losses"][0]["name"]
         assert report_main([str(out / name)]) == 0
         report = (out / name / "report" / "report.md").read_text()
         for stem, title in FIGURES.items():
