@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,18 @@ def check_page(
     index: Path, screenshot: Path | None = None, width: int = 1280, timeout: float = 60.0
 ) -> PageCheck:
     """Load `index` in a fresh headless Chromium and report what it saw."""
+    with headless_chromium(width, timeout) as url:
+        return asyncio.run(
+            asyncio.wait_for(_drive(url, index.resolve(), screenshot, width), timeout)
+        )
+
+
+@contextmanager
+def headless_chromium(width: int, timeout: float) -> Iterator[str]:
+    """A fresh headless Chromium with its own profile folder, in its own process group: its
+    DevTools websocket URL. On exit every process of the group is gone before the profile is
+    removed (the renderer and helpers outlive the main process by a moment, writing into the
+    profile: removing it then failed with 'Directory not empty')."""
     binary = chromium_binary()
     if binary is None:
         raise FileNotFoundError(
@@ -76,18 +91,39 @@ def check_page(
             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
             f"--user-data-dir={profile}", f"--window-size={width},900", "about:blank",
         ]  # fmt: skip
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            url = _devtools_url(proc, timeout)
-            return asyncio.run(
-                asyncio.wait_for(_drive(url, index.resolve(), screenshot, width), timeout)
-            )
+            yield _devtools_url(proc, timeout)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process_group(proc)
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group `proc` leads, SIGKILL what is left after `grace` seconds, and
+    return once no process of the group remains."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end and _group_alive(proc):
+        time.sleep(0.05)
+    if _group_alive(proc):
+        _signal_group(proc.pid, signal.SIGKILL)
+        while _group_alive(proc):
+            time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of the group remains (the leader is reaped here, as it exits)."""
+    proc.poll()
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _devtools_url(proc: subprocess.Popen, timeout: float) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from ncstudy import tracking
-from ncstudy.report.browser import _Cdp, _devtools_url, _evaluate, chromium_binary
+from ncstudy.report.browser import _Cdp, _evaluate, headless_chromium
 from ncstudy.report.cli import resolve_target
 from ncstudy.summary import runs_view_url
 
@@ -152,21 +152,9 @@ def capture(
     """Serve the store, open the study's runs table with its trials expanded and metric
     columns in a fresh headless Chromium, wait until they show, and screenshot the page."""
     experiment_id, state, trials, metrics = study_view(tracking_uri, study_name)
-    binary = chromium_binary()
-    if binary is None:
-        raise FileNotFoundError("no Chromium found: apt-get install chromium, or set CHROMIUM")
-    with mlflow_server(tracking_uri) as base, tempfile.TemporaryDirectory() as profile:
-        cmd = [binary, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-               "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-               f"--user-data-dir={profile}", f"--window-size={width},900",
-               "about:blank"]  # fmt: skip
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        try:
-            url = _devtools_url(proc, timeout)
-            page = Page(base, experiment_id, state, trials + metrics, width)
-            text = asyncio.run(asyncio.wait_for(page.drive(url, screenshot), timeout))
-        finally:
-            _end(proc)
+    with mlflow_server(tracking_uri) as base, headless_chromium(width, timeout) as url:
+        page = Page(base, experiment_id, state, trials + metrics, width)
+        text = asyncio.run(asyncio.wait_for(page.drive(url, screenshot), timeout))
     return RunsView(text, trials, metrics)
 
 
