@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -15,6 +14,7 @@ from ncstudy.evaluate.corruptions import corruption_errors
 from ncstudy.evaluate.longtail import is_imbalanced, longtail_accuracies, shard_class_counts
 from ncstudy.evaluate.ood import trial_ood
 from ncstudy.evaluate.transfer import transfer_accuracies
+from ncstudy.losses.distributed import distributed_world
 
 if TYPE_CHECKING:
     from ncstudy.config import TrialSpec
@@ -61,10 +61,6 @@ def evaluate_downstream(
     return out
 
 
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def _transfer(
     encoder: nn.Module, criterion: NCLoss, trial: TrialSpec, test_set: Any, device: torch.device
 ) -> dict[str, float]:
@@ -77,7 +73,7 @@ def _transfer(
             f"evaluation.transfer: {name} has no RGB image statistics to normalise the transfer "
             "datasets with; train on an image dataset (cifar10_jpeg, cifar10, ...)"
         )
-    rank, world = _rank_world()
+    rank, world = distributed_world()
     return transfer_accuracies(
         encoder,
         criterion,
@@ -97,7 +93,7 @@ def _corruptions(
 ) -> dict[str, float]:
     """Corruption errors of the test set (mCE when its classes are ImageNet-1K's)."""
     ev = trial.evaluation
-    rank, world = _rank_world()
+    rank, world = distributed_world()
     return corruption_errors(
         encoder,
         criterion,

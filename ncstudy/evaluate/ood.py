@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -30,6 +29,7 @@ from ncstudy.data.stl10 import CLASSES as STL10_CLASSES
 from ncstudy.data.stl10 import STL10Split, load_stl10, stl10_root
 from ncstudy.evaluate.corruptions import evenly_spaced
 from ncstudy.evaluate.passes import accuracy, shard_loader
+from ncstudy.losses.distributed import distributed_world
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def trial_ood(
             f"evaluation.ood: {trial.dataset.name} has no RGB image statistics to normalise the "
             "OOD images with; train on an RGB image dataset (cifar10, cifar10_jpeg, ...)"
         )
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = distributed_world()
     return ood_accuracies(
         encoder,
         criterion,

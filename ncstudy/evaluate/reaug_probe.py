@@ -20,12 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ncstudy.evaluate.passes import gather_features
 from ncstudy.evaluate.probes import LinearProbe, probe_accuracy
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from ncstudy.losses.distributed import distributed_world
 
 
 def epoch_batches(order: torch.Tensor, batch_size: int, rank: int, world: int) -> list[list[int]]:
@@ -59,7 +54,7 @@ def train_reaugmented_probe(
 ) -> LinearProbe:
     """An lp probe trained for `spec.epochs` epochs (ProbeSpec) on augmented views of
     `train_set` (its own augmentation) through the frozen, eval-mode `encoder`."""
-    rank, world = _rank_world()
+    rank, world = distributed_world()
     encoder.eval()
     with torch.no_grad():  # the feature size, from one view
         dim = encoder(train_set[0][0].unsqueeze(0).to(device)).shape[1]

@@ -7,19 +7,10 @@ flag their deviations."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from test_config_paper004 import PARAMS, STUDIES  # the GPU studies' test: the paper's losses
 
 from ncstudy.config import expand, load_study
-
-STUDIES = Path(__file__).resolve().parents[2] / "studies"
-PARAMS = {
-    "ce": {},
-    "ls": {"alpha": 0.1},
-    "focal": {"gamma": 3.0},
-    "mse": {"kappa": 1.0, "beta": 15.0},
-}
 
 
 @pytest.mark.parametrize(
