@@ -100,15 +100,15 @@ def headless_chromium(width: int, timeout: float) -> Iterator[str]:
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the process group `proc` leads, SIGKILL what is left after `grace` seconds, and
-    return once no process of the group remains."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    end = time.monotonic() + grace
-    while time.monotonic() < end and _group_alive(proc):
-        time.sleep(0.05)
-    if _group_alive(proc):
-        _signal_group(proc.pid, signal.SIGKILL)
-        while _group_alive(proc):
+    return once no process of the group remains, or `grace` seconds after the SIGKILL (a
+    killed child stays a zombie until the machine's init reaps it; it writes nothing)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _signal_group(proc.pid, sig)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and _group_alive(proc):
             time.sleep(0.05)
+        if not _group_alive(proc):
+            return
 
 
 def _signal_group(pgid: int, sig: int) -> None:
